@@ -1,0 +1,66 @@
+"""PyTorch backend: any ``nn.Module`` mapping waveforms to logits/probabilities, CPU or CUDA.
+
+Modules that implement ``encode(wave, representation)`` and ``logits_from(z, representation)``
+(as :class:`~pipelines.recognizers.digitnet.DigitNet` does) expose their inner representations
+to randomized smoothing; any other module offers ``waveform`` only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipelines.recognizers.base import resolve_device
+from pipelines.types import ModelSpec
+
+
+class TorchRecognizer:
+    """Wraps a torch module as a differentiable, smoothable recognizer.
+
+    Args:
+        module: ``(batch, samples)`` -> ``(batch, classes)``; put in eval mode here.
+        spec: What the module expects and returns.
+        device: ``"cpu"``, ``"cuda[:N]"`` or ``None``/``"auto"`` (CUDA when present).
+    """
+
+    def __init__(self, module: nn.Module, spec: ModelSpec, *, device: str | torch.device | None = None) -> None:
+        self.spec = spec
+        self.device = resolve_device(device)
+        self.module = module.to(self.device).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        staged = hasattr(module, "encode") and hasattr(module, "logits_from")
+        reps = getattr(module, "representations", None) or (
+            ("waveform", "spectrogram", "logmel") if staged else ("waveform",)
+        )
+        self.representations: tuple[str, ...] = tuple(reps)
+        self._staged = staged
+
+    def _as_logits(self, out: torch.Tensor) -> torch.Tensor:
+        return out if self.spec.output == "logits" else torch.log(out.clamp_min(1e-12))
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._as_logits(self.module(batch))
+
+    def encode(self, batch: torch.Tensor, representation: str) -> torch.Tensor:
+        self._check_rep(representation)
+        return self.module.encode(batch, representation) if self._staged else batch
+
+    def logits_from(self, z: torch.Tensor, representation: str) -> torch.Tensor:
+        self._check_rep(representation)
+        if self._staged:
+            return self._as_logits(self.module.logits_from(z, representation))
+        return self.logits(z)
+
+    @torch.no_grad()
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(batch, dtype=np.float32), device=self.device)
+        return self.logits(x).float().softmax(dim=-1).cpu().numpy()
+
+    def _check_rep(self, representation: str) -> None:
+        if representation not in self.representations:
+            raise ValueError(
+                f"model {self.spec.name!r} offers representations {self.representations}, "
+                f"not {representation!r}"
+            )

@@ -1,0 +1,156 @@
+"""Audio defence transforms and a registry to build them by name.
+
+Each transform maps ``(batch, samples)`` float32 waveforms to the same shape, sample-aligned,
+without mutating its input, and offers an identity (BPDA) gradient for adaptive attacks.
+
+Example:
+    >>> name, params = parse_transform_spec("mp3:bitrate_kbps=24")
+    >>> mp3 = make_transform(name, sample_rate_hz=16000, **params)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from pipelines.transforms.aac import AacRoundTrip
+from pipelines.transforms.base import BaseTransform, Transform
+from pipelines.transforms.lowpass import LowPass
+from pipelines.transforms.mel_inversion import MelInversion
+from pipelines.transforms.mp3 import Mp3RoundTrip
+from pipelines.transforms.opus import OpusRoundTrip
+from pipelines.transforms.quantize import Quantize
+from pipelines.transforms.resample import ResampleRoundTrip
+
+__all__ = [
+    "TRANSFORM_NAMES",
+    "AacRoundTrip",
+    "BaseTransform",
+    "LowPass",
+    "MelInversion",
+    "Mp3RoundTrip",
+    "OpusRoundTrip",
+    "Quantize",
+    "ResampleRoundTrip",
+    "Transform",
+    "make_transform",
+    "parse_transform_spec",
+    "transform_params",
+]
+
+_REGISTRY: dict[str, type[BaseTransform]] = {
+    cls.name: cls
+    for cls in (
+        AacRoundTrip,
+        LowPass,
+        MelInversion,
+        Mp3RoundTrip,
+        OpusRoundTrip,
+        Quantize,
+        ResampleRoundTrip,
+    )
+}
+
+TRANSFORM_NAMES: tuple[str, ...] = tuple(sorted(_REGISTRY))
+"""Names accepted by :func:`make_transform`, sorted."""
+
+ParamValue = bool | int | float | str
+
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def transform_params(name: str) -> tuple[str, ...]:
+    """Return the parameters ``make_transform(name, ...)`` accepts besides ``sample_rate_hz``.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`TRANSFORM_NAMES`.
+    """
+    cls = _lookup(name)
+    return tuple(
+        field.name
+        for field in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if field.init and field.name != "sample_rate_hz"
+    )
+
+
+def make_transform(name: str, *, sample_rate_hz: int, **params: ParamValue) -> Transform:
+    """Build a transform by name.
+
+    Args:
+        name: One of :data:`TRANSFORM_NAMES`.
+        sample_rate_hz: Rate of the audio the transform will see, in Hz.
+        **params: The transform's own parameters (e.g. ``bitrate_kbps=32`` for ``"mp3"``,
+            ``bits=6`` for ``"quantize"``); unset ones keep their defaults.
+
+    Returns:
+        The configured transform.
+
+    Raises:
+        ValueError: Unknown name, unknown parameter, or a value the transform rejects.
+    """
+    cls = _lookup(name)
+    known = transform_params(name)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(
+            f"{name}: unknown parameter(s) {', '.join(unknown)}; "
+            f"known: {', '.join(known) or '(none)'}"
+        )
+    return cls(sample_rate_hz=sample_rate_hz, **params)  # type: ignore[call-arg]
+
+
+def parse_transform_spec(spec: str) -> tuple[str, dict[str, ParamValue]]:
+    """Parse ``"name"`` or ``"name:key=value,key=value"`` into a name and parameters.
+
+    Values become ``int`` (``"32"``), ``float`` (``"3.5"``, ``"4e3"``), ``bool`` (``"true"``,
+    ``"false"``) or else stay ``str``. Only the syntax is checked here; :func:`make_transform`
+    checks names and values.
+
+    Args:
+        spec: For example ``"mp3:bitrate_kbps=32"``, ``"quantize:bits=6"`` or ``"lowpass"``.
+
+    Returns:
+        ``(name, params)``, e.g. ``("mp3", {"bitrate_kbps": 32})``.
+
+    Raises:
+        ValueError: Malformed spec (empty name, missing ``=``, empty key, repeated key).
+    """
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip()
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"transform spec {spec!r}: expected 'name' or 'name:key=value,...'")
+    params: dict[str, ParamValue] = {}
+    if not rest.strip():
+        if ":" in spec:
+            raise ValueError(f"transform spec {spec!r}: nothing after ':'")
+        return name, params
+    for item in rest.split(","):
+        key, equals, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not equals or not _NAME.fullmatch(key) or not value:
+            raise ValueError(f"transform spec {spec!r}: expected key=value, got {item.strip()!r}")
+        if key in params:
+            raise ValueError(f"transform spec {spec!r}: {key} given twice")
+        params[key] = _parse_value(value)
+    return name, params
+
+
+def _parse_value(text: str) -> ParamValue:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _lookup(name: str) -> type[BaseTransform]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown transform {name!r}; known: {', '.join(TRANSFORM_NAMES)}"
+        ) from None

@@ -1,0 +1,236 @@
+"""Lossy codec round trip in memory through PyAV (FFmpeg's libavcodec and libavformat).
+
+Shared plumbing for the MP3, Opus and AAC defences: encode one mono clip into an in-memory
+container (``io.BytesIO``, never a temp file or an ``ffmpeg`` subprocess), decode it back, and
+return exactly as many samples as went in, sample-aligned with the input.
+
+Alignment rests on the container recording the encoder delay, which FFmpeg's demuxer then turns
+into ``skip_samples`` that the decoder drops:
+
+- MP3: the Xing/LAME "Info" tag (encoder delay and padding). The muxer writes it at the end by
+  seeking back to the start of the file, so the buffer must be seekable (``io.BytesIO`` is);
+  without it the output lags by 1105 samples (576 encoder + 529 decoder delay).
+- AAC: an MP4 edit list that skips the 1024 priming samples (ADTS has no such field).
+- Opus: the Ogg ``pre-skip`` header field (RFC 7845, section 4.2); the decoder runs at 48 kHz and
+  the result is resampled back with a linear-phase polyphase filter, its delay removed.
+
+Batches run clip by clip on a thread pool: PyAV releases the GIL inside
+``avcodec_send_frame``/``avcodec_receive_packet`` and their decoding twins, so threads scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+from types import MappingProxyType
+from typing import ClassVar
+
+import av
+import numpy as np
+import scipy.signal
+
+from pipelines.transforms.base import BaseTransform, check_int
+
+# Divisors that map a decoded sample format to [-1, 1] floats.
+_INTEGER_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0}
+
+
+def encode(
+    clip: np.ndarray,
+    *,
+    codec: str,
+    container_format: str,
+    sample_rate_hz: int,
+    bit_rate_bps: int,
+    options: Mapping[str, str] | None = None,
+) -> bytes:
+    """Encode one mono clip into an in-memory container.
+
+    Args:
+        clip: ``(samples,)`` float32 in [-1, 1].
+        codec: FFmpeg encoder name (``"libmp3lame"``, ``"libopus"``, ``"aac"``).
+        container_format: FFmpeg muxer name (``"mp3"``, ``"ogg"``, ``"mp4"``).
+        sample_rate_hz: Rate of ``clip``; the encoder runs at this rate.
+        bit_rate_bps: Target bit rate in bits per second.
+        options: Extra encoder options (FFmpeg ``AVOption`` names and string values).
+
+    Returns:
+        The bytes of the finished container.
+    """
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=sample_rate_hz, options=dict(options or {}))
+        if not isinstance(stream, av.AudioStream):
+            raise ValueError(f"{codec} is not an audio encoder")
+        stream.layout = "mono"
+        stream.bit_rate = bit_rate_bps
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(clip, dtype=np.float32)[np.newaxis, :],
+            format="fltp",
+            layout="mono",
+        )
+        frame.sample_rate = sample_rate_hz
+        frame.time_base = Fraction(1, sample_rate_hz)
+        frame.pts = 0
+        # PyAV re-frames and converts to the encoder's frame size and sample format.
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream of an in-memory container.
+
+    Args:
+        data: Container bytes, as returned by :func:`encode`.
+
+    Returns:
+        ``(samples,)`` float32 mono waveform after the demuxer's delay trimming, and its rate in
+        Hz (48000 for Opus whatever rate it was encoded at).
+    """
+    with av.open(io.BytesIO(data), mode="r") as container:
+        stream = container.streams.audio[0]
+        chunks = [_frame_to_mono(frame) for frame in container.decode(stream)]
+        rate = stream.codec_context.sample_rate
+    if not chunks:
+        return np.zeros(0, dtype=np.float32), rate
+    return np.concatenate(chunks), rate
+
+
+def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
+    """Return a decoded mono frame as ``(samples,)`` float32 in [-1, 1]."""
+    if frame.layout.nb_channels != 1:
+        raise RuntimeError(f"expected a mono frame, got layout {frame.layout.name}")
+    samples = frame.to_ndarray().reshape(-1)
+    scale = _INTEGER_SCALE.get(frame.format.name.rstrip("p"))
+    if scale is None:
+        return samples.astype(np.float32, copy=False)
+    offset = 1.0 if frame.format.name.startswith("u8") else 0.0
+    return (samples.astype(np.float32) / scale - offset).astype(np.float32)
+
+
+def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """Trim or zero-pad the end of ``(samples,)`` to exactly ``length`` samples."""
+    if samples.shape[0] >= length:
+        return samples[:length]
+    return np.pad(samples, (0, length - samples.shape[0]))
+
+
+def round_trip(
+    clip: np.ndarray,
+    *,
+    codec: str,
+    container_format: str,
+    sample_rate_hz: int,
+    bit_rate_bps: int,
+    options: Mapping[str, str] | None = None,
+) -> np.ndarray:
+    """Encode and decode one clip; the output is sample-aligned and as long as the input.
+
+    Args:
+        clip: ``(samples,)`` float32; clipped to [-1, 1] before encoding. Not modified.
+        codec: FFmpeg encoder name.
+        container_format: FFmpeg muxer name; it must record the encoder delay (see module doc).
+        sample_rate_hz: Rate of ``clip`` in Hz.
+        bit_rate_bps: Target bit rate in bits per second.
+        options: Extra encoder options.
+
+    Returns:
+        ``(samples,)`` float32 at ``sample_rate_hz``.
+    """
+    data = encode(
+        np.clip(clip, -1.0, 1.0),
+        codec=codec,
+        container_format=container_format,
+        sample_rate_hz=sample_rate_hz,
+        bit_rate_bps=bit_rate_bps,
+        options=options,
+    )
+    decoded, decoded_rate_hz = decode(data)
+    if decoded_rate_hz != sample_rate_hz and decoded.size:
+        # Linear-phase polyphase FIR whose group delay resample_poly removes: no lag. Plain
+        # numpy/C, so it adds no torch intra-op threads inside this thread pool.
+        common = math.gcd(decoded_rate_hz, sample_rate_hz)
+        decoded = scipy.signal.resample_poly(
+            decoded, sample_rate_hz // common, decoded_rate_hz // common
+        )
+    return fit_length(decoded.astype(np.float32, copy=False), clip.shape[0])
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=True, eq=True)
+class CodecRoundTrip(BaseTransform):
+    """Base for lossy-codec defences: encode and decode each clip at a low bit rate.
+
+    Subclasses set :attr:`name`, :attr:`codec`, :attr:`container_format` and the bit-rate bounds,
+    and redeclare ``bitrate_kbps`` with their default.
+
+    Attributes:
+        sample_rate_hz: Input rate in Hz; the encoder must accept it natively.
+        bitrate_kbps: Target bit rate in kbit/s.
+        workers: Clips encoded in parallel (threads). Defaults to ``os.cpu_count()``.
+    """
+
+    codec: ClassVar[str]
+    container_format: ClassVar[str]
+    encoder_options: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    min_bitrate_kbps: ClassVar[int] = 8
+    max_bitrate_kbps: ClassVar[int] = 320
+
+    sample_rate_hz: int = 16000
+    bitrate_kbps: int = 32
+    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1, compare=False)
+
+    def __post_init__(self) -> None:
+        check_int(self.name, "sample_rate_hz", self.sample_rate_hz, low=1)
+        check_int(
+            self.name,
+            "bitrate_kbps",
+            self.bitrate_kbps,
+            low=self.min_bitrate_kbps,
+            high=self.max_bitrate_kbps,
+        )
+        check_int(self.name, "workers", self.workers, low=1)
+        try:
+            rates = av.Codec(self.codec, "w").audio_rates
+        except av.codec.codec.UnknownCodecError as error:
+            raise RuntimeError(
+                f"{self.name}: this PyAV build has no {self.codec} encoder"
+            ) from error
+        if rates and self.sample_rate_hz not in rates:
+            raise ValueError(
+                f"{self.name}: sample_rate_hz must be one of {sorted(rates)} for {self.codec}, "
+                f"got {self.sample_rate_hz}"
+            )
+        try:  # let the encoder itself vet the settings once, here rather than mid-stream
+            self._round_trip(np.zeros(self.sample_rate_hz // 10, dtype=np.float32))
+        except av.FFmpegError as error:
+            raise ValueError(
+                f"{self.name}: {self.codec} refused sample_rate_hz={self.sample_rate_hz}, "
+                f"bitrate_kbps={self.bitrate_kbps}: {error}"
+            ) from error
+
+    def _round_trip(self, clip: np.ndarray) -> np.ndarray:
+        return round_trip(
+            clip,
+            codec=self.codec,
+            container_format=self.container_format,
+            sample_rate_hz=self.sample_rate_hz,
+            bit_rate_bps=self.bitrate_kbps * 1000,
+            options=self.encoder_options,
+        )
+
+    def _apply(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        workers = min(self.workers, batch.shape[0])
+        if workers == 1:
+            clips = [self._round_trip(clip) for clip in batch]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                clips = list(pool.map(self._round_trip, batch))
+        return np.stack(clips)

@@ -1,0 +1,181 @@
+"""The ``avsentry`` command line.
+
+Online commands live here (the server and its clients, from the streaming issue); offline ones
+(``check``, ``train``, ``calibrate``, ``bench``) are thin wrappers over ``pipelines`` and
+``tools``, imported lazily so ``avsentry --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="digits",
+                   help="embedded model name or a manifest file (JSON/TOML); default: digits")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="inference backend (default: torch)")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or auto (CUDA when present; default: auto)")
+
+
+def _add_detector_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("detector (defaults: the configuration the model card was calibrated for)")
+    g.add_argument("--transforms", default=None,
+                   help="comma-separated transform specs, e.g. 'mp3,opus:bitrate_kbps=12,quantize:bits=6'; "
+                        "'none' for no transforms")
+    g.add_argument("--n", type=int, default=None, help="smoothing: noisy samples per window")
+    g.add_argument("--n0", type=int, default=None, help="smoothing: of those, samples that select the class")
+    g.add_argument("--sigma", type=float, default=None, help="smoothing: noise standard deviation")
+    g.add_argument("--representation", choices=("waveform", "spectrogram", "logmel"), default=None,
+                   help="smoothing: where the noise is added")
+    g.add_argument("--alpha", type=float, default=None, help="smoothing: test / bound failure probability")
+    g.add_argument("--no-smoothing", action="store_true", help="skip randomized smoothing")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="flag when score > this (default: the calibrated threshold in the model card)")
+    g.add_argument("--seed", type=int, default=0, help="seed for transform and smoothing randomness")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avsentry",
+        description="Guard voice recognizers against adversarial examples: codec, squeezing and "
+        "randomized-smoothing defences with a calibrated disagreement detector.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="offline verdicts for each window of audio files",
+                       description="Cut each file into windows (model window, --hop-ms apart), run the "
+                       "recognizer raw, after each transform and under randomized smoothing, and print "
+                       "one verdict per window. Any sample rate or channel count (resampled to the "
+                       "model rate, downmixed to mono).")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="WAV, FLAC, MP3 (anything FFmpeg decodes)")
+    p.add_argument("--json", action="store_true", help="one JSON object per window on stdout")
+    p.add_argument("--hop-ms", type=float, default=500.0, help="hop between windows in ms (default: 500)")
+    p.add_argument("--fail-on-flag", action="store_true", help="exit 3 when any window is flagged")
+    _add_model_args(p)
+    _add_detector_args(p)
+
+    p = sub.add_parser("models", help="list the embedded models and their calibration")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("demo", help="check the bundled demo clips (clean and adversarial)")
+    _add_model_args(p)
+
+    p = sub.add_parser("train", help="synthesise data and train the default digit recognizer",
+                       description="Reproduce the embedded digits model: synthesise the corpus with "
+                       "espeak-ng, flite and festival (if --data is absent), train, evaluate on held-out "
+                       "voices, export ONNX, calibrate the detector and write a model card.")
+    p.add_argument("--data", type=Path, default=Path("data/synth/clips.npz"), help="corpus (built if absent)")
+    p.add_argument("--out", type=Path, default=Path("runs/digits"), help="output directory")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--synth-scale", type=float, default=1.0,
+                   help="fraction of the corpus recipe to synthesise (for quick trials)")
+    p.add_argument("--no-calibrate", action="store_true", help="skip detector calibration")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("calibrate", help="calibrate the detector threshold on held-out clean audio",
+                       description="Score held-out clean windows (digits, other speech, background) with "
+                       "the detector, set the threshold for a target false-positive rate on one half of "
+                       "the held-out voices, measure the FPR on the other half, and store both in the "
+                       "model card.")
+    p.add_argument("--card", type=Path, required=True, help="card.json to update (e.g. runs/digits/card.json)")
+    p.add_argument("--data", type=Path, default=Path("data/synth/clips.npz"))
+    p.add_argument("--target-fpr", type=float, default=0.01)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    _add_detector_args(p)
+
+    p = sub.add_parser("bench", help="benchmarks (not tests)")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    b = bsub.add_parser("core", help="inference, transforms and smoothing speed on 1 s windows")
+    _add_model_args(b)
+    b.add_argument("--repeat", type=int, default=5, help="timed repetitions per measurement")
+    b.add_argument("--batch", type=int, default=32, help="windows per batch for raw inference")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check":
+            from stream.offline import run_check
+
+            return run_check(args)
+        if args.command == "models":
+            return _models(args)
+        if args.command == "demo":
+            from stream.offline import run_demo
+
+            return run_demo(args)
+        if args.command == "train":
+            from tools.train import run_cli
+
+            return run_cli(args)
+        if args.command == "calibrate":
+            from pipelines.detection import DetectorConfig
+            from stream.offline import detector_config_overrides
+            from tools.calibrate import run_cli as calibrate_cli
+
+            cfg, _ = DetectorConfig.from_card(None, **detector_config_overrides(args))
+            return calibrate_cli(args, cfg)
+        if args.command == "bench":
+            from tools.bench import run_cli as bench_cli
+
+            return bench_cli(args)
+    except KeyboardInterrupt:
+        print("avsentry: interrupted", file=sys.stderr)
+        return 130
+    except (CliError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"avsentry {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_USAGE
+
+
+def _models(args: argparse.Namespace) -> int:
+    from pipelines.recognizers import embedded_models, read_manifest
+
+    rows = []
+    for name in embedded_models():
+        m = read_manifest(name)
+        det = m.extra.get("detector", {})
+        rows.append({
+            "name": m.spec.name,
+            "labels": list(m.spec.labels),
+            "sample_rate_hz": m.spec.sample_rate_hz,
+            "window_samples": m.spec.window_samples,
+            "backends": sorted(m.backends),
+            "heldout_accuracy": m.extra.get("heldout_accuracy", {}).get("overall"),
+            "threshold": det.get("threshold"),
+            "target_fpr": det.get("target_fpr"),
+            "measured_fpr": det.get("measured_fpr"),
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']}: {len(r['labels'])} labels ({', '.join(r['labels'])}), "
+                  f"{r['sample_rate_hz']} Hz, window {r['window_samples']} samples, backends "
+                  f"{'/'.join(r['backends'])}, held-out top-1 {r['heldout_accuracy']}, threshold "
+                  f"{r['threshold']} (target FPR {r['target_fpr']}, measured {r['measured_fpr']})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Randomized smoothing against classifiers whose output probabilities are known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import beta, binomtest, norm
+
+from pipelines import smoothing
+from pipelines.smoothing import SmoothingConfig
+from pipelines.types import Abstain, Certified, ModelSpec, Prediction
+
+
+class ThresholdClassifier:
+    """f(z) = class 0 if z[..., 0] < c else class 1 (class 2 never).
+
+    With input 0 and noise N(0, sigma^2), P(f = 0) = Phi(c / sigma) exactly.
+    """
+
+    representations = ("waveform",)
+    device = torch.device("cpu")
+
+    def __init__(self, c: float) -> None:
+        self.c = c
+        self.spec = ModelSpec(name="threshold", labels=("a", "b", "c"), sample_rate_hz=1, window_samples=4)
+
+    def encode(self, batch: torch.Tensor, representation: str) -> torch.Tensor:
+        return batch
+
+    def logits_from(self, z: torch.Tensor, representation: str) -> torch.Tensor:
+        first = (z[:, 0] < self.c).float()
+        return torch.stack([first, 1 - first, torch.full_like(first, -1.0)], dim=1) * 10
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.logits_from(torch.as_tensor(batch), "waveform").softmax(1).numpy()
+
+
+def test_certified_radius_matches_cohen_formula_for_known_pA() -> None:
+    sigma, p_a = 0.5, 0.9
+    model = ThresholdClassifier(c=sigma * norm.ppf(p_a))
+    cfg = SmoothingConfig(sigma=sigma, representation="waveform", n=20000, n0=100, alpha=0.001, batch_size=4096)
+    gen = torch.Generator().manual_seed(0)
+    (res,) = smoothing.certify(model, torch.zeros(1, 4), cfg, gen)
+    assert isinstance(res, Certified)
+    assert res.label == 0
+    k = int(res.counts[0])
+    assert res.counts.sum() == cfg.n
+    # Clopper-Pearson one-sided lower bound, computed independently.
+    assert res.p_lower == pytest.approx(beta.ppf(cfg.alpha, k, cfg.n - k + 1), rel=1e-9)
+    assert res.radius == pytest.approx(sigma * norm.ppf(res.p_lower), rel=1e-9)
+    # And the empirical p_A is near the true one, so the radius is just under sigma * Phi^-1(0.9).
+    assert abs(k / cfg.n - p_a) < 0.01
+    assert sigma * norm.ppf(p_a) - 0.05 < res.radius < sigma * norm.ppf(p_a)
+
+
+def test_certify_abstains_when_lower_bound_below_half() -> None:
+    model = ThresholdClassifier(c=0.0)  # p_A = 0.5 exactly
+    cfg = SmoothingConfig(sigma=1.0, representation="waveform", n=2000, n0=100)
+    (res,) = smoothing.certify(model, torch.zeros(1, 4), cfg, torch.Generator().manual_seed(3))
+    assert isinstance(res, Abstain)
+    assert res.p_lower < 0.5
+
+
+def test_predict_abstains_on_a_coin_flip_and_answers_when_clear() -> None:
+    cfg = SmoothingConfig(sigma=1.0, representation="waveform", n=200, alpha=0.01)
+    gen = torch.Generator().manual_seed(1)
+    (coin,) = smoothing.predict(ThresholdClassifier(c=0.0), torch.zeros(1, 4), cfg, gen)
+    assert isinstance(coin, Abstain)
+    assert coin.p_value > cfg.alpha
+    (clear,) = smoothing.predict(ThresholdClassifier(c=3.0), torch.zeros(1, 4), cfg, gen)
+    assert isinstance(clear, Prediction) and clear.label == 0
+    assert clear.p_value <= cfg.alpha
+
+
+@pytest.mark.parametrize(
+    ("counts", "alpha", "expect"),
+    [([10, 0, 0], 0.05, 0), ([6, 4, 0], 0.05, None), ([0, 30, 20], 0.5, 1), ([0, 0, 0], 0.05, None)],
+)
+def test_predict_from_counts_uses_two_sided_binomial_test(counts, alpha, expect) -> None:
+    res = smoothing.predict_from_counts(np.array(counts), alpha)
+    top = sorted(counts, reverse=True)
+    p = binomtest(top[0], top[0] + top[1], 0.5).pvalue if top[0] + top[1] else 1.0
+    assert res.p_value == pytest.approx(p)
+    if expect is None:
+        assert isinstance(res, Abstain)
+    else:
+        assert isinstance(res, Prediction) and res.label == expect
+
+
+def test_lower_confidence_bound_edge_cases() -> None:
+    assert smoothing.lower_confidence_bound(0, 10, 0.05) == 0.0
+    # all successes: the exact bound is alpha ** (1 / n)
+    assert smoothing.lower_confidence_bound(32, 32, 0.05) == pytest.approx(0.05 ** (1 / 32))
+
+
+def test_same_seed_same_counts_and_per_item_generators_ignore_batch_company() -> None:
+    model = ThresholdClassifier(c=0.1)
+    cfg = SmoothingConfig(sigma=1.0, representation="waveform", n=64, batch_size=16)
+    z = torch.zeros(3, 4)
+    a = smoothing.sample_counts(model, z, 64, cfg, torch.Generator().manual_seed(9))
+    b = smoothing.sample_counts(model, z, 64, cfg, torch.Generator().manual_seed(9))
+    np.testing.assert_array_equal(a, b)
+    assert (a.sum(axis=1) == 64).all()
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    together = smoothing.sample_counts(model, z, 64, cfg, gens)
+    alone = smoothing.sample_counts(model, z[2:], 64, cfg, [torch.Generator().manual_seed(3)])
+    np.testing.assert_array_equal(together[2], alone[0])
+
+
+def test_mean_probs_are_distributions(model_torch, heldout_speech) -> None:
+    cfg = SmoothingConfig(sigma=0.25, representation="logmel", n=16)
+    z = model_torch.encode(torch.from_numpy(heldout_speech["x"][:3]), "logmel")
+    counts, probs = smoothing.sample_counts(model_torch, z, 16, cfg, torch.Generator().manual_seed(0),
+                                            return_mean_probs=True)
+    assert counts.shape == probs.shape == (3, len(model_torch.spec.labels))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("representation", ["waveform", "spectrogram", "logmel"])
+def test_smoothed_digit_model_agrees_with_truth_on_clean_speech(model_torch, heldout_speech, representation) -> None:
+    sigma = {"waveform": 0.002, "spectrogram": 0.01, "logmel": 0.25}[representation]
+    cfg = SmoothingConfig(sigma=sigma, representation=representation, n=32, alpha=0.05)
+    x, y = heldout_speech["x"], heldout_speech["y"]
+    res = smoothing.predict(model_torch, torch.from_numpy(x), cfg, torch.Generator().manual_seed(0))
+    correct = np.mean([isinstance(r, Prediction) and r.label == t for r, t in zip(res, y, strict=True)])
+    assert correct >= 0.8
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="sigma"):
+        SmoothingConfig(sigma=0)
+    with pytest.raises(ValueError, match="alpha"):
+        SmoothingConfig(alpha=1.5)
+    with pytest.raises(ValueError, match="n and n0"):
+        SmoothingConfig(n=0)

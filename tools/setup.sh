@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Set up avsentry on a fresh Debian/Ubuntu machine, idempotently:
+#   - system packages (speech engines for training data, PortAudio for the microphone client),
+#     installed with apt-get only when missing;
+#   - a virtual environment in .venv with the package installed in editable mode;
+#   - on a host where nvidia-smi sees a GPU, onnxruntime-gpu in place of onnxruntime.
+# Usage: tools/setup.sh [--dev]     (--dev adds pytest, ruff, mypy, onnxscript)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+apt_packages=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+              sox libportaudio2 python3-venv)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing system packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null; then python=$candidate; break; fi
+  done
+fi
+"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || { echo "setup: Python >= 3.11 needed, $python is $("$python" -V 2>&1)" >&2; exit 1; }
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+extras=""
+[ "$dev" -eq 1 ] && extras="[dev]"
+.venv/bin/python -m pip install -q -e ".${extras}"
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  # Both wheels provide the module `onnxruntime`; the package depends on the CPU one, so on a GPU
+  # host swap it for onnxruntime-gpu (CUDA execution provider) after every install.
+  echo "setup: GPU found, using onnxruntime-gpu"
+  .venv/bin/python -m pip uninstall -q -y onnxruntime onnxruntime-gpu >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q "onnxruntime-gpu>=1.18"
+fi
+echo "setup: ready ($(.venv/bin/python -V), $(.venv/bin/avsentry --help >/dev/null && echo avsentry ok))"

@@ -1,0 +1,358 @@
+"""Offline speech synthesis for the default spoken-digit recognizer.
+
+The data set is made here, from three Debian speech engines, so nothing is downloaded:
+espeak-ng (8 English accents x 101 voice variants, formant synthesis), flite (5 CMU voices,
+diphone/clustergen) and festival (2 diphone voices and one HTS voice). A model trained on one
+engine transfers badly to another, hence all three. Whole voices are held out for evaluation,
+calibration and the FPR measurement, so held-out figures measure generalisation to unseen voices.
+
+Classes follow AudioMNIST / Speech Commands: ``zero`` ... ``nine``, ``_background_`` (made
+procedurally at training time, see :mod:`tools.augment`) and ``_unknown_`` (other words and
+ordinary phrases).
+
+Output: one ``.npz`` with the trimmed clips (int16, 16 kHz) concatenated, their offsets and
+per-clip metadata (label, engine, voice, text, split).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+import wave
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import resample_poly
+from tqdm import tqdm
+
+SAMPLE_RATE_HZ = 16_000
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+BACKGROUND = "_background_"
+UNKNOWN = "_unknown_"
+LABELS = (*DIGITS, BACKGROUND, UNKNOWN)
+
+ESPEAK_ACCENTS = (
+    "en",
+    "en-us",
+    "en-gb-scotland",
+    "en-gb-x-gbclan",
+    "en-gb-x-rp",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)
+FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
+FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+
+# Whole voices kept out of training. espeak-ng: every variant whose name hashes into the
+# held-out bucket (about 1 in 7), under all accents.
+HELDOUT_FLITE = frozenset({"rms"})
+HELDOUT_FESTIVAL = frozenset({"ked_diphone"})
+REQUIRED_PROGRAMS = ("espeak-ng", "flite", "festival")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Utterance:
+    """One clip to synthesise.
+
+    Attributes:
+        text: What is said.
+        label: Class name (a digit, or ``_unknown_``).
+        engine: ``"espeak"``, ``"flite"`` or ``"festival"``.
+        voice: Engine-specific voice name (``"en-us+Alex"``, ``"slt"``...).
+        params: Engine parameters (speed, pitch, duration stretch...).
+    """
+
+    text: str
+    label: str
+    engine: str
+    voice: str
+    params: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def heldout(self) -> bool:
+        return is_heldout_voice(self.engine, self.voice)
+
+
+def is_heldout_voice(engine: str, voice: str) -> bool:
+    """True for voices reserved for evaluation and calibration (never trained on)."""
+    if engine == "espeak":
+        variant = voice.split("+", 1)[1] if "+" in voice else ""
+        return int(hashlib.sha256(variant.encode()).hexdigest(), 16) % 7 == 0
+    if engine == "flite":
+        return voice in HELDOUT_FLITE
+    if engine == "festival":
+        return voice in HELDOUT_FESTIVAL
+    raise ValueError(f"unknown engine {engine!r}")
+
+
+def missing_programs() -> list[str]:
+    """The speech engines not found on PATH (``tools/setup.sh`` installs them)."""
+    return [p for p in REQUIRED_PROGRAMS if shutil.which(p) is None]
+
+
+def espeak_variants() -> list[str]:
+    """Voice variant names known to the installed espeak-ng (``Alex``, ``f3``...)."""
+    out = subprocess.run(
+        ["espeak-ng", "--voices=variant"], check=True, capture_output=True, text=True
+    ).stdout
+    names = []
+    for line in out.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 5 and cols[4].startswith("!v/"):
+            names.append(cols[4][3:])
+    return sorted(set(names))
+
+
+def read_word_list(name: str) -> list[str]:
+    """Lines of a bundled text list (``unknown_words.txt``, ``phrases.txt``), comments dropped."""
+    text = resources.files("tools").joinpath("data", name).read_text(encoding="utf-8")
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def _wav_to_float(data: bytes) -> tuple[np.ndarray, int]:
+    with wave.open(io.BytesIO(data)) as w:
+        rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
+        raw = w.readframes(w.getnframes())
+    if width != 2:
+        raise ValueError(f"expected 16-bit PCM, got {8 * width}-bit")
+    x = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    if channels > 1:
+        x = x.reshape(-1, channels).mean(axis=1)
+    return x, rate
+
+
+def to_rate(x: np.ndarray, rate: int, target: int = SAMPLE_RATE_HZ) -> np.ndarray:
+    """Polyphase resampling to ``target`` Hz."""
+    if rate == target:
+        return x
+    g = np.gcd(rate, target)
+    return resample_poly(x, target // g, rate // g).astype(np.float32)
+
+
+def trim_silence(x: np.ndarray, *, margin_s: float = 0.03, rel_db: float = -40.0) -> np.ndarray:
+    """Cut leading/trailing silence: keep 10 ms frames within ``rel_db`` of the loudest."""
+    frame = SAMPLE_RATE_HZ // 100
+    n = len(x) // frame
+    if n == 0:
+        return x
+    rms = np.sqrt(np.mean(x[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
+    keep = np.flatnonzero(20 * np.log10(rms / rms.max()) > rel_db)
+    if keep.size == 0:
+        return x[:0]
+    margin = int(margin_s * SAMPLE_RATE_HZ)
+    lo = max(0, keep[0] * frame - margin)
+    hi = min(len(x), (keep[-1] + 1) * frame + margin)
+    return x[lo:hi]
+
+
+def _espeak(u: Utterance) -> np.ndarray:
+    cmd = ["espeak-ng", "-v", u.voice, "--stdout"]
+    cmd += ["-s", str(int(u.params.get("speed_wpm", 160))), "-p", str(int(u.params.get("pitch", 50)))]
+    data = subprocess.run([*cmd, u.text], check=True, capture_output=True).stdout
+    x, rate = _wav_to_float(data)
+    return to_rate(x, rate)
+
+
+def _flite(u: Utterance) -> np.ndarray:
+    with tempfile.TemporaryDirectory(prefix="avsentry-flite-") as tmp:
+        out = Path(tmp) / "u.wav"
+        cmd = ["flite", "-voice", u.voice, "-t", u.text, "-o", str(out)]
+        for key in ("duration_stretch", "int_f0_target_mean"):
+            if key in u.params:
+                cmd[1:1] = ["--setf", f"{key}={u.params[key]:.3f}"]
+        subprocess.run(cmd, check=True, capture_output=True)
+        x, rate = _wav_to_float(out.read_bytes())
+    return to_rate(x, rate)
+
+
+def _festival_batch(items: Sequence[Utterance]) -> list[np.ndarray]:
+    """Festival starts slowly, so one process renders a whole batch of one voice."""
+    with tempfile.TemporaryDirectory(prefix="avsentry-festival-") as tmp:
+        lines = []
+        voice = None
+        for i, u in enumerate(items):
+            if u.voice != voice:
+                lines.append(f"(voice_{u.voice})")
+                voice = u.voice
+            lines.append(f"(Parameter.set 'Duration_Stretch {u.params.get('duration_stretch', 1.0):.3f})")
+            text = u.text.replace('"', "")
+            lines.append(f'(utt.save.wave (utt.synth (Utterance Text "{text}")) "{tmp}/{i}.wav" \'riff)')
+        script = Path(tmp) / "batch.scm"
+        script.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        subprocess.run(["festival", "-b", str(script)], check=True, capture_output=True)
+        out = []
+        for i in range(len(items)):
+            x, rate = _wav_to_float((Path(tmp) / f"{i}.wav").read_bytes())
+            out.append(to_rate(x, rate))
+    return out
+
+
+def synthesize(
+    utterances: Sequence[Utterance], *, workers: int | None = None, progress: bool = True
+) -> list[np.ndarray]:
+    """Render utterances to trimmed float32 16 kHz clips, in input order.
+
+    Raises:
+        RuntimeError: a speech engine is missing (run ``tools/setup.sh``).
+    """
+    needed = {u.engine for u in utterances}
+    names = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival"}
+    absent = [names[e] for e in sorted(needed) if shutil.which(names[e]) is None]
+    if absent:
+        raise RuntimeError(f"speech engine(s) not installed: {', '.join(absent)} (run tools/setup.sh)")
+    workers = workers or os.cpu_count() or 1
+    results: list[np.ndarray | None] = [None] * len(utterances)
+    jobs: list[tuple[list[int], Callable[[], list[np.ndarray]]]] = []
+    fest = [i for i, u in enumerate(utterances) if u.engine == "festival"]
+    for start in range(0, len(fest), 64):
+        idx = fest[start : start + 64]
+        jobs.append((idx, lambda idx=idx: _festival_batch([utterances[i] for i in idx])))
+    for i, u in enumerate(utterances):
+        if u.engine == "espeak":
+            jobs.append(([i], lambda u=u: [_espeak(u)]))
+        elif u.engine == "flite":
+            jobs.append(([i], lambda u=u: [_flite(u)]))
+        elif u.engine != "festival":
+            raise ValueError(f"unknown engine {u.engine!r}")
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
+        total=len(utterances), desc="synthesising", unit="clip", disable=not progress
+    ) as bar:
+        for idx, clips in zip((j[0] for j in jobs), pool.map(lambda j: j[1](), jobs), strict=True):
+            for i, clip in zip(idx, clips, strict=True):
+                results[i] = trim_silence(clip)
+            bar.update(len(idx))
+    return [r if r is not None else np.zeros(0, np.float32) for r in results]
+
+
+def plan(
+    *,
+    seed: int = 0,
+    scale: float = 1.0,
+    words: Sequence[str] | None = None,
+    phrases: Sequence[str] | None = None,
+) -> list[Utterance]:
+    """The full recipe: which texts each voice says, with randomised prosody.
+
+    Args:
+        seed: Seeds the per-utterance speed/pitch draws and the voice subsets.
+        scale: Multiplies the per-voice rendition counts (``< 1`` for quick trials).
+        words / phrases: ``_unknown_`` texts; default the bundled lists.
+    """
+    rng = np.random.default_rng(seed)
+    words = list(words) if words is not None else read_word_list("unknown_words.txt")
+    phrases = list(phrases) if phrases is not None else read_word_list("phrases.txt")
+    variants = espeak_variants()
+    pairs = [f"{a}+{v}" for a in ESPEAK_ACCENTS for v in variants]
+    reps = max(1, round(16 * scale))
+    out: list[Utterance] = []
+
+    def espeak(text: str, label: str, voice: str) -> Utterance:
+        params = {"speed_wpm": float(rng.integers(120, 221)), "pitch": float(rng.integers(15, 86))}
+        return Utterance(text=text, label=label, engine="espeak", voice=voice, params=params)
+
+    def flite(text: str, label: str, voice: str) -> Utterance:
+        params = {
+            "duration_stretch": float(rng.uniform(0.8, 1.3)),
+            "int_f0_target_mean": float(rng.uniform(85, 230)),
+        }
+        return Utterance(text=text, label=label, engine="flite", voice=voice, params=params)
+
+    def festival(text: str, label: str, voice: str) -> Utterance:
+        params = {"duration_stretch": float(rng.uniform(0.8, 1.3))}
+        return Utterance(text=text, label=label, engine="festival", voice=voice, params=params)
+
+    chosen_pairs = [p for p in pairs if rng.random() < scale]
+    for digit in DIGITS:
+        out += [espeak(digit, digit, p) for p in chosen_pairs]
+        out += [flite(digit, digit, v) for v in FLITE_VOICES for _ in range(reps)]
+        out += [festival(digit, digit, v) for v in FESTIVAL_VOICES for _ in range(reps)]
+    n_word_pairs = max(1, round(12 * scale))
+    for text in [*words, *phrases]:
+        for p in rng.choice(pairs, size=n_word_pairs, replace=False):
+            out.append(espeak(text, UNKNOWN, str(p)))
+        out += [flite(text, UNKNOWN, v) for v in FLITE_VOICES]
+        out += [festival(text, UNKNOWN, v) for v in FESTIVAL_VOICES]
+    return out
+
+
+def save(path: Path, utterances: Sequence[Utterance], clips: Sequence[np.ndarray]) -> None:
+    """Write clips + metadata to one ``.npz`` (int16 audio, concatenated)."""
+    lengths = np.array([len(c) for c in clips], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    audio = np.concatenate([np.clip(c, -1, 1) for c in clips]) if clips else np.zeros(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        audio=(audio * 32767).astype(np.int16),
+        offsets=offsets,
+        label=np.array([u.label for u in utterances]),
+        engine=np.array([u.engine for u in utterances]),
+        voice=np.array([u.voice for u in utterances]),
+        text=np.array([u.text for u in utterances]),
+        heldout=np.array([u.heldout for u in utterances]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClipSet:
+    """A loaded synthetic corpus: ``clip(i)`` gives clip i as float32."""
+
+    audio: np.ndarray
+    offsets: np.ndarray
+    label: np.ndarray
+    engine: np.ndarray
+    voice: np.ndarray
+    text: np.ndarray
+    heldout: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def clip(self, i: int) -> np.ndarray:
+        return self.audio[self.offsets[i] : self.offsets[i + 1]].astype(np.float32) / 32767.0
+
+    def select(self, mask: np.ndarray) -> ClipSet:
+        idx = np.flatnonzero(mask)
+        clips = [self.audio[self.offsets[i] : self.offsets[i + 1]] for i in idx]
+        lengths = np.array([len(c) for c in clips], dtype=np.int64)
+        return ClipSet(
+            audio=np.concatenate(clips) if clips else np.zeros(0, np.int16),
+            offsets=np.concatenate([[0], np.cumsum(lengths)]),
+            label=self.label[idx],
+            engine=self.engine[idx],
+            voice=self.voice[idx],
+            text=self.text[idx],
+            heldout=self.heldout[idx],
+        )
+
+
+def load(path: Path) -> ClipSet:
+    with np.load(path) as z:
+        return ClipSet(**{k: z[k] for k in ClipSet.__dataclass_fields__})
+
+
+def build(path: Path, *, seed: int = 0, scale: float = 1.0, workers: int | None = None,
+          progress: bool = True) -> ClipSet:
+    """Plan, synthesise and save the corpus; returns it loaded."""
+    utts = plan(seed=seed, scale=scale)
+    clips = synthesize(utts, workers=workers, progress=progress)
+    keep = [i for i, c in enumerate(clips) if len(c) > SAMPLE_RATE_HZ // 20]
+    save(path, [utts[i] for i in keep], [clips[i] for i in keep])
+    return load(path)
+
+
+def summarize(clips: ClipSet) -> Iterable[str]:
+    """Human-readable counts per split and engine."""
+    for held in (False, True):
+        m = clips.heldout == held
+        engines = {e: int(np.sum(m & (clips.engine == e))) for e in np.unique(clips.engine)}
+        yield f"{'held-out' if held else 'train'}: {int(m.sum())} clips {engines}"
