@@ -20,17 +20,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipelines.recognizers.base import SmoothableRecognizer
-from pipelines.smoothing import SmoothingConfig, certify_from_counts, predict_from_counts, sample_counts
+from pipelines.smoothing import (
+    SmoothingConfig,
+    certify_from_counts,
+    predict_from_counts,
+    sample_counts,
+)
 from pipelines.transforms import TRANSFORM_NAMES, make_transform, parse_transform_spec
 from pipelines.transforms.base import Transform
 from pipelines.types import Abstain, Certified, Prediction
 
-DEFAULT_TRANSFORMS = ("mp3", "opus", "aac", "quantize")
+DEFAULT_TRANSFORMS = ("mp3", "opus", "aac", "noise")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,9 +67,11 @@ class DetectorConfig:
             )
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ValueError("threshold must be finite")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
     @classmethod
-    def from_card(cls, detector: dict | None, **overrides: object) -> tuple[DetectorConfig, bool]:
+    def from_card(cls, detector: dict | None, **overrides: Any) -> tuple[DetectorConfig, bool]:
         """The calibrated configuration stored in a model card, with overrides applied.
 
         Args:
@@ -77,15 +85,24 @@ class DetectorConfig:
         """
         detector = detector or {}
         fp = detector.get("config") or {}
-        sm = fp.get("smoothing", {}) if "smoothing" in fp else {}
         o = {k: v for k, v in overrides.items() if v is not None}
-        unknown = set(o) - {"transforms", "n", "n0", "sigma", "representation", "alpha", "smoothing",
-                            "threshold", "seed"}
+        unknown = set(o) - {
+            "transforms",
+            "n",
+            "n0",
+            "sigma",
+            "representation",
+            "alpha",
+            "smoothing",
+            "threshold",
+            "seed",
+        }
         if unknown:
             raise TypeError(f"unknown overrides: {sorted(unknown)}")
-        base = SmoothingConfig(n=32, n0=8) if sm is None or not sm else SmoothingConfig(**sm)
+        stored = fp.get("smoothing", {}) if fp else {}  # None: calibrated without smoothing
         smoothing: SmoothingConfig | None = None
-        if o.get("smoothing", True) and not (sm is None and "smoothing" not in o and fp):
+        if o.get("smoothing", stored is not None):
+            base = SmoothingConfig(**stored) if stored else SmoothingConfig(n=32, n0=8)
             smoothing = SmoothingConfig(
                 sigma=float(o.get("sigma", base.sigma)),  # type: ignore[arg-type]
                 representation=str(o.get("representation", base.representation)),
@@ -97,8 +114,12 @@ class DetectorConfig:
         cfg = cls(transforms=transforms, smoothing=smoothing, seed=int(o.get("seed", 0)))  # type: ignore[call-overload]
         threshold = o.get("threshold", detector.get("threshold"))
         calibrated = "threshold" not in o and bool(fp) and cfg.fingerprint() == fp
-        cfg = cls(transforms=cfg.transforms, smoothing=cfg.smoothing, seed=cfg.seed,
-                  threshold=None if threshold is None else float(threshold))  # type: ignore[arg-type]
+        cfg = cls(
+            transforms=cfg.transforms,
+            smoothing=cfg.smoothing,
+            seed=cfg.seed,
+            threshold=None if threshold is None else float(threshold),
+        )  # type: ignore[arg-type]
         return cfg, calibrated
 
     def fingerprint(self) -> dict:
@@ -108,7 +129,13 @@ class DetectorConfig:
             "transforms": list(self.transforms),
             "smoothing": None
             if s is None
-            else {"sigma": s.sigma, "representation": s.representation, "n": s.n, "n0": s.n0, "alpha": s.alpha},
+            else {
+                "sigma": s.sigma,
+                "representation": s.representation,
+                "n": s.n,
+                "n0": s.n0,
+                "alpha": s.alpha,
+            },
         }
 
 
@@ -172,7 +199,10 @@ class Detector:
 
     def _generators(self, keys: Sequence[int]) -> list[torch.Generator]:
         dev = self.recognizer.device
-        return [torch.Generator(device=dev).manual_seed(hash((self.config.seed, int(k))) & 0x7FFF_FFFF_FFFF) for k in keys]
+        return [
+            torch.Generator(device=dev).manual_seed(hash((self.config.seed, int(k))) & 0x7FFF_FFFF_FFFF)
+            for k in keys
+        ]
 
     def analyze(self, windows: np.ndarray, keys: Sequence[int] | None = None) -> list[WindowVerdict]:
         """Verdicts for ``(batch, window_samples)`` float32 windows.
@@ -196,9 +226,8 @@ class Detector:
             return []
         raw = self.recognizer.predict(x)
         defended: list[tuple[str, np.ndarray]] = []
-        rng = np.random.default_rng([self.config.seed, *keys[:1]])
         for t in self.transforms:
-            defended.append((t.name, self.recognizer.predict(t.apply(x, rng))))
+            defended.append((t.name, self.recognizer.predict(self._transform(t, x, keys))))
         smoothed: list = [None] * len(x)
         certs: list = [None] * len(x)
         s = self.config.smoothing
@@ -208,6 +237,20 @@ class Detector:
             smoothed = [predict_from_counts(a + b, s.alpha) for a, b in zip(sel, est, strict=True)]
             certs = [certify_from_counts(a, b, s.alpha, s.sigma) for a, b in zip(sel, est, strict=True)]
         return [self._verdict(i, raw[i], defended, smoothed[i], certs[i]) for i in range(len(x))]
+
+    def _transform(self, t: Transform, x: np.ndarray, keys: Sequence[int]) -> np.ndarray:
+        """Apply ``t``; a randomized transform draws each window's randomness from its key."""
+        if not getattr(t, "randomized", False):
+            return t.apply(x, np.random.default_rng(self.config.seed))
+        return np.concatenate(
+            [
+                t.apply(
+                    x[i : i + 1],
+                    np.random.default_rng([self.config.seed, int(k) & 0x7FFF_FFFF_FFFF]),
+                )
+                for i, k in enumerate(keys)
+            ]
+        )
 
     @torch.no_grad()
     def smooth(self, x: np.ndarray, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -238,8 +281,14 @@ class Detector:
         for name, probs in defended:
             p = probs[i]
             label = int(np.argmax(p))
-            outs.append(DefendedOutput(name=name, label=label, confidence=float(p[label]),
-                                       distance=float(np.abs(p - raw).sum())))
+            outs.append(
+                DefendedOutput(
+                    name=name,
+                    label=label,
+                    confidence=float(p[label]),
+                    distance=float(np.abs(p - raw).sum()),
+                )
+            )
             if label != raw_label:
                 reasons.append(f"{name} says {labels[label]}")
         score = max((o.distance for o in outs), default=0.0)
@@ -286,7 +335,10 @@ def calibrate_threshold(clean_scores: np.ndarray, target_fpr: float) -> float:
 
 def verdict_to_dict(v: WindowVerdict, labels: Sequence[str]) -> dict:
     """A JSON-ready view of a verdict, labels spelled out."""
-    smoothed: dict = {"label": None, "abstain": v.smoothed is None or isinstance(v.smoothed, Abstain)}
+    smoothed: dict = {
+        "label": None,
+        "abstain": v.smoothed is None or isinstance(v.smoothed, Abstain),
+    }
     if isinstance(v.smoothed, Prediction):
         smoothed["label"] = labels[v.smoothed.label]
     if v.smoothed is not None:
@@ -302,7 +354,12 @@ def verdict_to_dict(v: WindowVerdict, labels: Sequence[str]) -> dict:
     return {
         "raw": {"label": labels[v.raw_label], "confidence": v.raw_confidence},
         "transforms": [
-            {"name": o.name, "label": labels[o.label], "confidence": o.confidence, "distance": o.distance}
+            {
+                "name": o.name,
+                "label": labels[o.label],
+                "confidence": o.confidence,
+                "distance": o.distance,
+            }
             for o in v.defended
         ],
         "smoothed": smoothed,

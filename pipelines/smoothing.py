@@ -75,7 +75,9 @@ def noisy_copies(z: torch.Tensor, n: int, sigma: float, generator: Generators) -
         if len(generator) != z.shape[0]:
             raise ValueError(f"need one generator per item: {len(generator)} for {z.shape[0]}")
         shape = (n, *z.shape[1:])
-        noise = torch.cat([torch.randn(shape, generator=g, device=z.device, dtype=z.dtype) for g in generator])
+        noise = torch.cat(
+            [torch.randn(shape, generator=g, device=z.device, dtype=z.dtype) for g in generator]
+        )
     return rep + sigma * noise
 
 
@@ -179,4 +181,6 @@ def certify(
     selection = sample_counts(model, z, cfg.n0, cfg, generator)
     estimation = sample_counts(model, z, cfg.n, cfg, generator)
     assert isinstance(selection, np.ndarray) and isinstance(estimation, np.ndarray)
-    return [certify_from_counts(s, e, cfg.alpha, cfg.sigma) for s, e in zip(selection, estimation, strict=True)]
+    return [
+        certify_from_counts(s, e, cfg.alpha, cfg.sigma) for s, e in zip(selection, estimation, strict=True)
+    ]

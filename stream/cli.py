@@ -21,28 +21,49 @@ class CliError(Exception):
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="digits",
-                   help="embedded model name or a manifest file (JSON/TOML); default: digits")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="inference backend (default: torch)")
-    p.add_argument("--device", default="auto",
-                   help="cpu, cuda, cuda:N or auto (CUDA when present; default: auto)")
+    p.add_argument(
+        "--model",
+        default="digits",
+        help="embedded model name or a manifest file (JSON/TOML); default: digits",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="inference backend (default: torch)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N or auto (CUDA when present; default: auto)",
+    )
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("detector (defaults: the configuration the model card was calibrated for)")
-    g.add_argument("--transforms", default=None,
-                   help="comma-separated transform specs, e.g. 'mp3,opus:bitrate_kbps=12,quantize:bits=6'; "
-                        "'none' for no transforms")
+    g.add_argument(
+        "--transforms",
+        default=None,
+        help="comma-separated transform specs, e.g. 'mp3,opus:bitrate_kbps=12,quantize:bits=6'; "
+        "'none' for no transforms",
+    )
     g.add_argument("--n", type=int, default=None, help="smoothing: noisy samples per window")
     g.add_argument("--n0", type=int, default=None, help="smoothing: of those, samples that select the class")
     g.add_argument("--sigma", type=float, default=None, help="smoothing: noise standard deviation")
-    g.add_argument("--representation", choices=("waveform", "spectrogram", "logmel"), default=None,
-                   help="smoothing: where the noise is added")
+    g.add_argument(
+        "--representation",
+        choices=("waveform", "spectrogram", "logmel"),
+        default=None,
+        help="smoothing: where the noise is added",
+    )
     g.add_argument("--alpha", type=float, default=None, help="smoothing: test / bound failure probability")
     g.add_argument("--no-smoothing", action="store_true", help="skip randomized smoothing")
-    g.add_argument("--threshold", type=float, default=None,
-                   help="flag when score > this (default: the calibrated threshold in the model card)")
+    g.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="flag when score > this (default: the calibrated threshold in the model card)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed for transform and smoothing randomness")
 
 
@@ -54,12 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("check", help="offline verdicts for each window of audio files",
-                       description="Cut each file into windows (model window, --hop-ms apart), run the "
-                       "recognizer raw, after each transform and under randomized smoothing, and print "
-                       "one verdict per window. Any sample rate or channel count (resampled to the "
-                       "model rate, downmixed to mono).")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="WAV, FLAC, MP3 (anything FFmpeg decodes)")
+    p = sub.add_parser(
+        "check",
+        help="offline verdicts for each window of audio files",
+        description="Cut each file into windows (model window, --hop-ms apart), run the "
+        "recognizer raw, after each transform and under randomized smoothing, and print "
+        "one verdict per window. Any sample rate or channel count (resampled to the "
+        "model rate, downmixed to mono).",
+    )
+    p.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="WAV, FLAC, MP3 (anything FFmpeg decodes)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per window on stdout")
     p.add_argument("--hop-ms", type=float, default=500.0, help="hop between windows in ms (default: 500)")
     p.add_argument("--fail-on-flag", action="store_true", help="exit 3 when any window is flagged")
@@ -72,10 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="check the bundled demo clips (clean and adversarial)")
     _add_model_args(p)
 
-    p = sub.add_parser("train", help="synthesise data and train the default digit recognizer",
-                       description="Reproduce the embedded digits model: synthesise the corpus with "
-                       "espeak-ng, flite and festival (if --data is absent), train, evaluate on held-out "
-                       "voices, export ONNX, calibrate the detector and write a model card.")
+    p = sub.add_parser(
+        "train",
+        help="synthesise data and train the default digit recognizer",
+        description="Reproduce the embedded digits model: synthesise the corpus with "
+        "espeak-ng, flite and festival (if --data is absent), train, evaluate on held-out "
+        "voices, export ONNX, calibrate the detector and write a model card.",
+    )
     p.add_argument("--data", type=Path, default=Path("data/synth/clips.npz"), help="corpus (built if absent)")
     p.add_argument("--out", type=Path, default=Path("runs/digits"), help="output directory")
     p.add_argument("--steps", type=int, default=3000)
@@ -83,17 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    p.add_argument("--synth-scale", type=float, default=1.0,
-                   help="fraction of the corpus recipe to synthesise (for quick trials)")
+    p.add_argument(
+        "--synth-scale",
+        type=float,
+        default=1.0,
+        help="fraction of the corpus recipe to synthesise (for quick trials)",
+    )
     p.add_argument("--no-calibrate", action="store_true", help="skip detector calibration")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("calibrate", help="calibrate the detector threshold on held-out clean audio",
-                       description="Score held-out clean windows (digits, other speech, background) with "
-                       "the detector, set the threshold for a target false-positive rate on one half of "
-                       "the held-out voices, measure the FPR on the other half, and store both in the "
-                       "model card.")
-    p.add_argument("--card", type=Path, required=True, help="card.json to update (e.g. runs/digits/card.json)")
+    p = sub.add_parser(
+        "calibrate",
+        help="calibrate the detector threshold on held-out clean audio",
+        description="Score held-out clean windows (digits, other speech, background) with "
+        "the detector, set the threshold for a target false-positive rate on one half of "
+        "the held-out voices, measure the FPR on the other half, and store both in the "
+        "model card.",
+    )
+    p.add_argument(
+        "--card", type=Path, required=True, help="card.json to update (e.g. runs/digits/card.json)"
+    )
     p.add_argument("--data", type=Path, default=Path("data/synth/clips.npz"))
     p.add_argument("--target-fpr", type=float, default=0.01)
     p.add_argument("--device", default="auto")
@@ -155,25 +197,29 @@ def _models(args: argparse.Namespace) -> int:
     for name in embedded_models():
         m = read_manifest(name)
         det = m.extra.get("detector", {})
-        rows.append({
-            "name": m.spec.name,
-            "labels": list(m.spec.labels),
-            "sample_rate_hz": m.spec.sample_rate_hz,
-            "window_samples": m.spec.window_samples,
-            "backends": sorted(m.backends),
-            "heldout_accuracy": m.extra.get("heldout_accuracy", {}).get("overall"),
-            "threshold": det.get("threshold"),
-            "target_fpr": det.get("target_fpr"),
-            "measured_fpr": det.get("measured_fpr"),
-        })
+        rows.append(
+            {
+                "name": m.spec.name,
+                "labels": list(m.spec.labels),
+                "sample_rate_hz": m.spec.sample_rate_hz,
+                "window_samples": m.spec.window_samples,
+                "backends": sorted(m.backends),
+                "heldout_accuracy": m.extra.get("heldout_accuracy", {}).get("overall"),
+                "threshold": det.get("threshold"),
+                "target_fpr": det.get("target_fpr"),
+                "measured_fpr": det.get("measured_fpr"),
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['name']}: {len(r['labels'])} labels ({', '.join(r['labels'])}), "
-                  f"{r['sample_rate_hz']} Hz, window {r['window_samples']} samples, backends "
-                  f"{'/'.join(r['backends'])}, held-out top-1 {r['heldout_accuracy']}, threshold "
-                  f"{r['threshold']} (target FPR {r['target_fpr']}, measured {r['measured_fpr']})")
+            print(
+                f"{r['name']}: {len(r['labels'])} labels ({', '.join(r['labels'])}), "
+                f"{r['sample_rate_hz']} Hz, window {r['window_samples']} samples, backends "
+                f"{'/'.join(r['backends'])}, held-out top-1 {r['heldout_accuracy']}, threshold "
+                f"{r['threshold']} (target FPR {r['target_fpr']}, measured {r['measured_fpr']})"
+            )
     return EXIT_OK
 
 

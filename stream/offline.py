@@ -33,9 +33,11 @@ def detector_config_overrides(args: argparse.Namespace) -> dict:
     """The detector flags of ``check``/``calibrate`` as ``DetectorConfig.from_card`` overrides."""
     transforms = None
     if getattr(args, "transforms", None) is not None:
-        transforms = [] if args.transforms.strip() in ("", "none") else [
-            t.strip() for t in args.transforms.split(",") if t.strip()
-        ]
+        transforms = (
+            []
+            if args.transforms.strip() in ("", "none")
+            else [t.strip() for t in args.transforms.split(",") if t.strip()]
+        )
     return dict(
         transforms=transforms,
         n=getattr(args, "n", None),
@@ -52,7 +54,9 @@ def detector_config_overrides(args: argparse.Namespace) -> dict:
 def detector_from_args(args: argparse.Namespace) -> tuple[Detector, bool]:
     """Build the detector for ``--model`` with the card's calibrated config and CLI overrides."""
     manifest = read_manifest(args.model)
-    cfg, calibrated = DetectorConfig.from_card(manifest.extra.get("detector"), **detector_config_overrides(args))
+    cfg, calibrated = DetectorConfig.from_card(
+        manifest.extra.get("detector"), **detector_config_overrides(args)
+    )
     rec = load_recognizer(args.model, backend=args.backend, device=args.device)
     return Detector(rec, cfg), calibrated
 
@@ -77,7 +81,10 @@ def check_file(detector: Detector, path: Path, *, hop_s: float, batch: int = 32)
 def format_window(w: FileWindow, labels: tuple[str, ...]) -> str:
     """One human-readable line per window."""
     v = w.verdict
-    parts = [f"{w.file} {w.start_s:6.2f}-{w.end_s:6.2f}s", f"raw {labels[v.raw_label]} {v.raw_confidence:.2f}"]
+    parts = [
+        f"{w.file} {w.start_s:6.2f}-{w.end_s:6.2f}s",
+        f"raw {labels[v.raw_label]} {v.raw_confidence:.2f}",
+    ]
     parts.append(" ".join(f"{o.name}:{labels[o.label]}" for o in v.defended if o.name != "smoothing"))
     if isinstance(v.smoothed, Prediction):
         sm = f"smoothed {labels[v.smoothed.label]}"
@@ -98,8 +105,11 @@ def run_check(args: argparse.Namespace) -> int:
         raise ValueError(f"--hop-ms must be > 0, got {args.hop_ms}")
     detector, calibrated = detector_from_args(args)
     if not calibrated and detector.config.threshold is not None and args.threshold is None:
-        print("avsentry check: warning: the model card's threshold was calibrated for another detector "
-              "configuration; FPR is unknown (run avsentry calibrate)", file=sys.stderr)
+        print(
+            "avsentry check: warning: the model card's threshold was calibrated for another detector "
+            "configuration; FPR is unknown (run avsentry calibrate)",
+            file=sys.stderr,
+        )
     labels = detector.recognizer.spec.labels
     failed = flagged = 0
     for path in args.files:
@@ -107,7 +117,11 @@ def run_check(args: argparse.Namespace) -> int:
             for w in check_file(detector, path, hop_s=args.hop_ms / 1000):
                 flagged += w.verdict.flagged
                 if args.json:
-                    obj = {"file": w.file, "start_s": round(w.start_s, 4), "end_s": round(w.end_s, 4)}
+                    obj = {
+                        "file": w.file,
+                        "start_s": round(w.start_s, 4),
+                        "end_s": round(w.end_s, 4),
+                    }
                     obj.update(verdict_to_dict(w.verdict, labels))
                     obj["threshold"] = detector.config.threshold
                     print(json.dumps(obj), flush=True)
@@ -130,8 +144,22 @@ def run_demo(args: argparse.Namespace) -> int:
     clips = demo_clips()
     if not clips:
         raise FileNotFoundError("no bundled demo clips found in pipelines/models/digits")
-    ns = argparse.Namespace(files=clips, json=False, hop_ms=500.0, fail_on_flag=False, model=args.model,
-                            backend=args.backend, device=args.device, transforms=None, n=None, n0=None,
-                            sigma=None, representation=None, alpha=None, no_smoothing=False,
-                            threshold=None, seed=0)
+    ns = argparse.Namespace(
+        files=clips,
+        json=False,
+        hop_ms=500.0,
+        fail_on_flag=False,
+        model=args.model,
+        backend=args.backend,
+        device=args.device,
+        transforms=None,
+        n=None,
+        n0=None,
+        sigma=None,
+        representation=None,
+        alpha=None,
+        no_smoothing=False,
+        threshold=None,
+        seed=0,
+    )
     return run_check(ns)

@@ -51,8 +51,15 @@ def heldout_speech(tmp_path_factory) -> dict[str, np.ndarray]:
         utts.append(synth.Utterance(text=d, label=d, engine="flite", voice="rms"))
         utts.append(synth.Utterance(text=d, label=d, engine="festival", voice="ked_diphone"))
         for accent, v in zip(HELDOUT_ESPEAK, variants, strict=True):
-            utts.append(synth.Utterance(text=d, label=d, engine="espeak", voice=f"{accent}+{v}",
-                                        params={"speed_wpm": 160, "pitch": 50}))
+            utts.append(
+                synth.Utterance(
+                    text=d,
+                    label=d,
+                    engine="espeak",
+                    voice=f"{accent}+{v}",
+                    params={"speed_wpm": 160, "pitch": 50},
+                )
+            )
     for w in ("hello", "kitchen", "weather", "please", "garden", "yellow"):
         utts.append(synth.Utterance(text=w, label=synth.UNKNOWN, engine="flite", voice="rms"))
     assert all(u.heldout for u in utts)

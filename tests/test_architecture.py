@@ -32,5 +32,7 @@ def test_pipelines_is_a_pure_core(forbidden) -> None:
 
 
 def test_stream_uses_tools_only_from_the_cli() -> None:
-    offenders = [p for p, names in imports_of("stream").items() if "tools" in names and not p.endswith("cli.py")]
+    offenders = [
+        p for p, names in imports_of("stream").items() if "tools" in names and not p.endswith("cli.py")
+    ]
     assert not offenders

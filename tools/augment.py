@@ -37,7 +37,10 @@ def background(rng: np.random.Generator, n: int = SAMPLE_RATE_HZ) -> np.ndarray:
         x = coloured_noise(rng, n, str(rng.choice(["white", "pink", "brown"])))
     elif kind == "hum":
         f0 = rng.choice([50.0, 60.0]) * rng.uniform(0.98, 1.02)
-        x = sum(rng.uniform(0.1, 1) / k * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 6.3)) for k in range(1, 8))
+        x = sum(
+            rng.uniform(0.1, 1) / k * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 6.3))
+            for k in range(1, 8)
+        )
         x = np.asarray(x) + 0.05 * coloured_noise(rng, n, "pink")
     elif kind == "tones":
         x = np.zeros(n)
@@ -50,13 +53,17 @@ def background(rng: np.random.Generator, n: int = SAMPLE_RATE_HZ) -> np.ndarray:
     else:  # clicks
         x = 0.02 * coloured_noise(rng, n, "pink")
         for pos in rng.integers(0, n - 200, size=rng.integers(1, 12)):
-            x[pos : pos + 200] += rng.uniform(0.2, 1) * np.exp(-np.arange(200) / rng.uniform(5, 40)) * rng.standard_normal(200)
+            x[pos : pos + 200] += (
+                rng.uniform(0.2, 1) * np.exp(-np.arange(200) / rng.uniform(5, 40)) * rng.standard_normal(200)
+            )
     x = np.asarray(x, dtype=np.float32)
     peak = float(np.max(np.abs(x))) + 1e-9
     return x / peak * 10 ** rng.uniform(-3, -0.1)
 
 
-def place(rng: np.random.Generator, clip: np.ndarray, n: int = SAMPLE_RATE_HZ, *, speed: bool = True) -> np.ndarray:
+def place(
+    rng: np.random.Generator, clip: np.ndarray, n: int = SAMPLE_RATE_HZ, *, speed: bool = True
+) -> np.ndarray:
     """Speed-perturb ``clip`` and put it at a random position in an ``n``-sample window.
 
     Clips longer than the window (phrases) contribute a random ``n``-sample crop.
@@ -93,7 +100,11 @@ def degrade(rng: np.random.Generator, batch: np.ndarray, *, noise_prob: float = 
         if rng.random() < noise_prob:
             snr_db = rng.uniform(5, 30)
             sig = np.sqrt(np.mean(x[i] ** 2)) + 1e-9
-            x[i] += coloured_noise(rng, n, str(rng.choice(["white", "pink", "brown"]))) * sig / 10 ** (snr_db / 20)
+            x[i] += (
+                coloured_noise(rng, n, str(rng.choice(["white", "pink", "brown"])))
+                * sig
+                / 10 ** (snr_db / 20)
+            )
     for i in range(b):
         r = rng.random()
         if r < 0.15:  # telephone band

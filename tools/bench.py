@@ -18,7 +18,7 @@ import torch
 from pipelines.detection import Detector, DetectorConfig
 from pipelines.recognizers import load_recognizer, read_manifest
 from pipelines.smoothing import SmoothingConfig, noisy_copies, sample_counts
-from pipelines.transforms import make_transform
+from pipelines.transforms import TRANSFORM_NAMES, make_transform
 
 
 def timeit(fn: Callable[[], object], *, repeat: int, device: torch.device) -> float:
@@ -63,24 +63,30 @@ def bench_core(args: argparse.Namespace) -> list[str]:
     x = speechlike(rng, args.batch, spec.window_samples, spec.sample_rate_hz)
     rec = load_recognizer(args.model, backend=args.backend, device=args.device)
     dev = rec.device
-    say(f"# avsentry bench core: model {spec.name}, backend {args.backend}, device {dev}, "
-        f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, window {spec.window_s:.2f} s")
+    say(
+        f"# avsentry bench core: model {spec.name}, backend {args.backend}, device {dev}, "
+        f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, window {spec.window_s:.2f} s"
+    )
 
     say("## raw inference")
     for backend in ("torch", "onnx"):
         if backend not in manifest.backends:
             continue
-        r = rec if backend == args.backend else load_recognizer(args.model, backend=backend, device=args.device)
+        r = (
+            rec
+            if backend == args.backend
+            else load_recognizer(args.model, backend=backend, device=args.device)
+        )
         for b in (1, args.batch):
-            t = timeit(lambda r=r, b=b: r.predict(x[:b]), repeat=rep, device=dev)
+            t = timeit(lambda r=r, b=b: r.predict(x[:b]), repeat=rep, device=dev)  # type: ignore[misc]
             say(f"{backend:5s} batch {b:3d}: {t * 1000:8.2f} ms  -> {b / t:8.1f} windows/s")
 
-    say("## transforms (batch of %d one-second windows; seconds per audio second)" % args.batch)
+    say(f"## transforms (batch of {args.batch} one-second windows; time per audio second)")
     audio_s = args.batch * spec.window_s
     det_cfg, _ = DetectorConfig.from_card(manifest.extra.get("detector"))
-    for name in ("mp3", "opus", "aac", "quantize", "resample", "lowpass", "mel_inversion"):
+    for name in TRANSFORM_NAMES:
         tr = make_transform(name, sample_rate_hz=spec.sample_rate_hz)
-        t = timeit(lambda tr=tr: tr.apply(x, np.random.default_rng(0)), repeat=rep, device=dev)
+        t = timeit(lambda tr=tr: tr.apply(x, np.random.default_rng(0)), repeat=rep, device=dev)  # type: ignore[misc]
         say(f"{name:14s} {t / audio_s * 1000:8.2f} ms per audio second ({t * 1000:8.1f} ms per batch)")
 
     say("## randomized smoothing, one window (n noisy copies; ratio = smoothing / bare batched forward)")
@@ -104,16 +110,24 @@ def bench_core(args: argparse.Namespace) -> list[str]:
 
             ts = timeit(smooth, repeat=rep, device=dev)
             tb = timeit(bare, repeat=rep, device=dev)
-            say(f"{representation:11s} n={n:3d}: smoothing {ts * 1000:7.2f} ms, bare forward {tb * 1000:7.2f} ms, "
-                f"ratio {ts / tb:4.2f}, {1 / ts:7.1f} smoothed windows/s")
+            say(
+                f"{representation:11s} n={n:3d}: smoothing {ts * 1000:7.2f} ms, "
+                f"bare forward {tb * 1000:7.2f} ms, "
+                f"ratio {ts / tb:4.2f}, {1 / ts:7.1f} smoothed windows/s"
+            )
 
-    say("## full detector (raw + %s + smoothing n=%s, %s), batch of %d windows" % (
-        "/".join(det_cfg.transforms), det_cfg.smoothing.n if det_cfg.smoothing else "-",
-        det_cfg.smoothing.representation if det_cfg.smoothing else "-", args.batch))
+    sm = det_cfg.smoothing
+    smoothing = f"smoothing n={sm.n} on {sm.representation}" if sm else "no smoothing"
+    say(
+        f"## full detector (raw + {'/'.join(det_cfg.transforms)} + {smoothing}), "
+        f"batch of {args.batch} windows"
+    )
     detector = Detector(rec, det_cfg)
     t = timeit(lambda: detector.analyze(x), repeat=max(1, rep // 2), device=dev)
-    say(f"{t * 1000:.1f} ms per batch -> {args.batch / t:.1f} windows/s -> about {args.batch / t / 2:.1f} "
-        "real-time streams at a 0.5 s hop")
+    say(
+        f"{t * 1000:.1f} ms per batch -> {args.batch / t:.1f} windows/s -> about {args.batch / t / 2:.1f} "
+        "real-time streams at a 0.5 s hop"
+    )
     return lines
 
 

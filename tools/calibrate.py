@@ -43,7 +43,9 @@ def calibration_windows(clips: synth.ClipSet, *, seed: int = 7) -> dict[str, np.
     return data
 
 
-def score_windows(detector: Detector, x: np.ndarray, *, batch: int = 64, progress: bool = True) -> list[WindowVerdict]:
+def score_windows(
+    detector: Detector, x: np.ndarray, *, batch: int = 64, progress: bool = True
+) -> list[WindowVerdict]:
     out: list[WindowVerdict] = []
     with tqdm(total=len(x), desc="scoring", unit="window", disable=not progress) as bar:
         for s in range(0, len(x), batch):
@@ -57,12 +59,19 @@ def fpr_upper(k: int, n: int, level: float = 0.95) -> float:
     return 1.0 if k >= n else float(beta.ppf(level, k + 1, n - k))
 
 
-def summarize(verdicts: list[WindowVerdict], data: dict[str, np.ndarray], threshold: float, mask: np.ndarray,
-              labels: tuple[str, ...]) -> dict:
+def summarize(
+    verdicts: list[WindowVerdict],
+    data: dict[str, np.ndarray],
+    threshold: float,
+    mask: np.ndarray,
+    labels: tuple[str, ...],
+) -> dict:
     """FPR on ``mask`` windows (overall and by group) and accuracy of each defended path."""
     scores = np.array([v.score for v in verdicts])
     y = data["y"]
-    group = np.where(y < 10, "digits", np.where(labels.index(synth.UNKNOWN) == y, "other_speech", "background"))
+    group = np.where(
+        y < 10, "digits", np.where(labels.index(synth.UNKNOWN) == y, "other_speech", "background")
+    )
     fp = scores > threshold
     rep: dict = {"n": int(mask.sum()), "false_positives": int(fp[mask].sum())}
     rep["fpr"] = float(fp[mask].mean())
@@ -73,7 +82,10 @@ def summarize(verdicts: list[WindowVerdict], data: dict[str, np.ndarray], thresh
         if (mask & (group == g)).any()
     }
     rep["by_condition"] = {
-        c: {"n": int((mask & (data["condition"] == c)).sum()), "fpr": float(fp[mask & (data["condition"] == c)].mean())}
+        c: {
+            "n": int((mask & (data["condition"] == c)).sum()),
+            "fpr": float(fp[mask & (data["condition"] == c)].mean()),
+        }
         for c in np.unique(data["condition"])
     }
     return rep
@@ -85,23 +97,46 @@ def accuracy(verdicts: list[WindowVerdict], y: np.ndarray) -> dict:
     for j, name in enumerate(names):
         acc[name] = float(np.mean([v.defended[j].label == t for v, t in zip(verdicts, y, strict=True)]))
     if verdicts and verdicts[0].smoothed is not None:
-        acc["smoothed_predict"] = float(np.mean([isinstance(v.smoothed, Prediction) and v.smoothed.label == t
-                                                for v, t in zip(verdicts, y, strict=True)]))
-        acc["smoothed_abstain_rate"] = float(np.mean([not isinstance(v.smoothed, Prediction) for v in verdicts]))
-        radii = np.array([v.certificate.radius if isinstance(v.certificate, Certified) and v.certificate.label == t
-                          else -1.0 for v, t in zip(verdicts, y, strict=True)])
+        acc["smoothed_predict"] = float(
+            np.mean(
+                [
+                    isinstance(v.smoothed, Prediction) and v.smoothed.label == t
+                    for v, t in zip(verdicts, y, strict=True)
+                ]
+            )
+        )
+        acc["smoothed_abstain_rate"] = float(
+            np.mean([not isinstance(v.smoothed, Prediction) for v in verdicts])
+        )
+        radii = np.array(
+            [
+                v.certificate.radius
+                if isinstance(v.certificate, Certified) and v.certificate.label == t
+                else -1.0
+                for v, t in zip(verdicts, y, strict=True)
+            ]
+        )
         acc["certified"] = {f"r>={r}": float(np.mean(radii >= r)) for r in (0.0, 0.25, 0.5, 1.0)}
     return acc
 
 
-def calibrate(card_path: Path, data_path: Path, cfg: DetectorConfig, *, target_fpr: float, device: str,
-              progress: bool = True) -> dict:
+def calibrate(
+    card_path: Path,
+    data_path: Path,
+    cfg: DetectorConfig,
+    *,
+    target_fpr: float,
+    device: str,
+    progress: bool = True,
+) -> dict:
     """Calibrate ``cfg`` for the model at ``card_path``; updates and returns the card."""
     manifest = read_manifest(card_path)
     rec = load_recognizer(card_path, backend="torch", device=device)
     clips = synth.load(data_path)
     data = calibration_windows(clips)
-    detector = Detector(rec, DetectorConfig(transforms=cfg.transforms, smoothing=cfg.smoothing, seed=cfg.seed))
+    detector = Detector(
+        rec, DetectorConfig(transforms=cfg.transforms, smoothing=cfg.smoothing, seed=cfg.seed)
+    )
     verdicts = score_windows(detector, data["x"], progress=progress)
     cal = data["calibration"]
     threshold = calibrate_threshold_for(verdicts, cal, target_fpr)
@@ -134,15 +169,25 @@ def calibrate_threshold_for(verdicts: list[WindowVerdict], mask: np.ndarray, tar
 
 def run_cli(args: argparse.Namespace, cfg: DetectorConfig) -> int:
     """Calibrate ``cfg`` (built by the CLI from its flags) and print the figures."""
-    card = calibrate(args.card, args.data, cfg, target_fpr=args.target_fpr, device=args.device,
-                     progress=not args.quiet)
+    card = calibrate(
+        args.card,
+        args.data,
+        cfg,
+        target_fpr=args.target_fpr,
+        device=args.device,
+        progress=not args.quiet,
+    )
     d = card["detector"]
-    print(f"threshold {d['threshold']:.4f} for target FPR {d['target_fpr']:.2%}; measured FPR on "
-          f"{d['test']['n']} held-out test windows: {d['measured_fpr']:.2%} "
-          f"(95% upper bound {d['measured_fpr_upper95']:.2%}); by group: "
-          + ", ".join(f"{g} {v['fpr']:.2%} (n={v['n']})" for g, v in d["test"]["by_group"].items()))
+    print(
+        f"threshold {d['threshold']:.4f} for target FPR {d['target_fpr']:.2%}; measured FPR on "
+        f"{d['test']['n']} held-out test windows: {d['measured_fpr']:.2%} "
+        f"(95% upper bound {d['measured_fpr_upper95']:.2%}); by group: "
+        + ", ".join(f"{g} {v['fpr']:.2%} (n={v['n']})" for g, v in d["test"]["by_group"].items())
+    )
     acc = card["defended_accuracy"]
-    print("accuracy on held-out windows: " + ", ".join(
-        f"{k} {v:.3f}" for k, v in acc.items() if isinstance(v, float)))
+    print(
+        "accuracy on held-out windows: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in acc.items() if isinstance(v, float))
+    )
     print(f"certified accuracy: {acc.get('certified')}")
     return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.recognizers import load_recognizer, read_manifest
+from pipelines.recognizers import DifferentiableRecognizer, load_recognizer, read_manifest
 from tools import augment, synth
 from tools.attacks import PGD
 
@@ -29,6 +29,7 @@ def write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
 
 def make(out_dir: Path, *, eps: float = 0.004, word: str = "seven", target: str = "two") -> dict:
     model = load_recognizer("digits", backend="torch", device="cpu")
+    assert isinstance(model, DifferentiableRecognizer)
     labels = model.spec.labels
     utt = synth.Utterance(text=word, label=word, engine="flite", voice="rms")
     assert utt.heldout
@@ -43,8 +44,12 @@ def make(out_dir: Path, *, eps: float = 0.004, word: str = "seven", target: str 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_wav(out_dir / "demo_1_clean.wav", x[0], model.spec.sample_rate_hz)
     write_wav(out_dir / "demo_2_adversarial.wav", adv[0], model.spec.sample_rate_hz)
-    return {"clean": labels[int(model.predict(x).argmax())], "adversarial": got,
-            "snr_db": float(res.snr_db[0]), "linf": float(res.linf[0])}
+    return {
+        "clean": labels[int(model.predict(x).argmax())],
+        "adversarial": got,
+        "snr_db": float(res.snr_db[0]),
+        "linf": float(res.linf[0]),
+    }
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ import wave
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -101,9 +102,7 @@ def missing_programs() -> list[str]:
 
 def espeak_variants() -> list[str]:
     """Voice variant names known to the installed espeak-ng (``Alex``, ``f3``...)."""
-    out = subprocess.run(
-        ["espeak-ng", "--voices=variant"], check=True, capture_output=True, text=True
-    ).stdout
+    out = subprocess.run(["espeak-ng", "--voices=variant"], check=True, capture_output=True, text=True).stdout
     names = []
     for line in out.splitlines()[1:]:
         cols = line.split()
@@ -156,7 +155,12 @@ def trim_silence(x: np.ndarray, *, margin_s: float = 0.03, rel_db: float = -40.0
 
 def _espeak(u: Utterance) -> np.ndarray:
     cmd = ["espeak-ng", "-v", u.voice, "--stdout"]
-    cmd += ["-s", str(int(u.params.get("speed_wpm", 160))), "-p", str(int(u.params.get("pitch", 50)))]
+    cmd += [
+        "-s",
+        str(int(u.params.get("speed_wpm", 160))),
+        "-p",
+        str(int(u.params.get("pitch", 50))),
+    ]
     data = subprocess.run([*cmd, u.text], check=True, capture_output=True).stdout
     x, rate = _wav_to_float(data)
     return to_rate(x, rate)
@@ -196,6 +200,10 @@ def _festival_batch(items: Sequence[Utterance]) -> list[np.ndarray]:
     return out
 
 
+def _render_one(render: Callable[[Utterance], np.ndarray], u: Utterance) -> list[np.ndarray]:
+    return [render(u)]
+
+
 def synthesize(
     utterances: Sequence[Utterance], *, workers: int | None = None, progress: bool = True
 ) -> list[np.ndarray]:
@@ -215,17 +223,16 @@ def synthesize(
     fest = [i for i, u in enumerate(utterances) if u.engine == "festival"]
     for start in range(0, len(fest), 64):
         idx = fest[start : start + 64]
-        jobs.append((idx, lambda idx=idx: _festival_batch([utterances[i] for i in idx])))
+        jobs.append((idx, partial(_festival_batch, [utterances[i] for i in idx])))
     for i, u in enumerate(utterances):
-        if u.engine == "espeak":
-            jobs.append(([i], lambda u=u: [_espeak(u)]))
-        elif u.engine == "flite":
-            jobs.append(([i], lambda u=u: [_flite(u)]))
+        if u.engine in ("espeak", "flite"):
+            jobs.append(([i], partial(_render_one, _espeak if u.engine == "espeak" else _flite, u)))
         elif u.engine != "festival":
             raise ValueError(f"unknown engine {u.engine!r}")
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
-        total=len(utterances), desc="synthesising", unit="clip", disable=not progress
-    ) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(total=len(utterances), desc="synthesising", unit="clip", disable=not progress) as bar,
+    ):
         for idx, clips in zip((j[0] for j in jobs), pool.map(lambda j: j[1](), jobs), strict=True):
             for i, clip in zip(idx, clips, strict=True):
                 results[i] = trim_silence(clip)
@@ -340,8 +347,14 @@ def load(path: Path) -> ClipSet:
         return ClipSet(**{k: z[k] for k in ClipSet.__dataclass_fields__})
 
 
-def build(path: Path, *, seed: int = 0, scale: float = 1.0, workers: int | None = None,
-          progress: bool = True) -> ClipSet:
+def build(
+    path: Path,
+    *,
+    seed: int = 0,
+    scale: float = 1.0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> ClipSet:
     """Plan, synthesise and save the corpus; returns it loaded."""
     utts = plan(seed=seed, scale=scale)
     clips = synthesize(utts, workers=workers, progress=progress)

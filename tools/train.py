@@ -13,7 +13,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,8 +39,9 @@ class TrainConfig:
     label_smoothing: float = 0.05
     feature_noise_sigma: float = 0.25
     feature_noise_prob: float = 0.5
-    unknown_weight: float = 1.5
-    freq_warp: float = 0.1
+    unknown_weight: float = 1.0
+    freq_warp: float = 0.15
+    tilt_db: float = 6.0
     seed: int = 0
     device: str = "cpu"
 
@@ -86,7 +87,9 @@ class BatchSampler:
             xs[speech] = augment.degrade(rng, xs[speech])
         return xs, ys.astype(np.int64)
 
-    def stream(self, batch_size: int, *, prefetch: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def stream(
+        self, batch_size: int, *, prefetch: int = 4
+    ) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
         """Batches prepared in a background thread."""
         q: queue.Queue = queue.Queue(maxsize=prefetch)
         stop = threading.Event()
@@ -189,6 +192,18 @@ def freq_warp(mag: torch.Tensor, max_warp: float, gen: torch.Generator) -> torch
     return take(lo) * (1 - w) + take(hi) * w
 
 
+def spectral_tilt(mag: torch.Tensor, max_db: float, gen: torch.Generator) -> torch.Tensor:
+    """Random smooth equalisation (timbre / channel colour): a gain curve of three random
+    cosines over the frequency axis, up to ``max_db`` dB, per example."""
+    b, n_freq, _ = mag.shape
+    f = torch.linspace(0, torch.pi, n_freq)
+    k = torch.arange(1, 4, dtype=torch.float32)
+    amp = (torch.rand(b, 3, generator=gen) * 2 - 1) * max_db / 3
+    phase = torch.rand(b, 3, generator=gen) * 2 * torch.pi
+    db = (amp[:, :, None] * torch.cos(k[None, :, None] * f[None, None, :] + phase[:, :, None])).sum(1)
+    return mag * (10 ** (db / 20)).to(mag.device)[:, :, None]
+
+
 def spec_augment(f: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One frequency mask (<= 6 bins) and one time mask (<= 10 frames) per example."""
     b, n_mels, frames = f.shape
@@ -229,7 +244,7 @@ def train(
             xb, yb = next(batches)
             x = torch.from_numpy(xb).to(cfg.device)
             y = torch.from_numpy(yb).to(cfg.device)
-            mag = freq_warp(model.magnitude(x), cfg.freq_warp, gen)
+            mag = spectral_tilt(freq_warp(model.magnitude(x), cfg.freq_warp, gen), cfg.tilt_db, gen)
             f = spec_augment(model.logmel_from_magnitude(mag), gen)
             noisy = torch.rand(len(f), 1, 1, generator=gen).to(cfg.device) < cfg.feature_noise_prob
             noise = torch.randn(f.shape, generator=gen).to(cfg.device) * cfg.feature_noise_sigma
@@ -290,7 +305,10 @@ def base_card(model: DigitNet, cfg: TrainConfig, clips: synth.ClipSet) -> dict:
         "input": {"name": "waveform", "shape": ["batch", WINDOW], "dtype": "float32"},
         "input_bounds": [-1.0, 1.0],
         "output": "logits",
-        "backends": {"torch": {"format": "digitnet", "path": "model.pt"}, "onnx": {"path": "model.onnx"}},
+        "backends": {
+            "torch": {"format": "digitnet", "path": "model.pt"},
+            "onnx": {"path": "model.onnx"},
+        },
         "config": c.to_dict(),
         "representations": ["waveform", "spectrogram", "logmel"],
         "training": asdict(cfg),
@@ -303,7 +321,8 @@ def base_card(model: DigitNet, cfg: TrainConfig, clips: synth.ClipSet) -> dict:
             "_background_: procedural silence/noise/hum/tones/clicks.",
             "augmentation": "speed x0.85-1.15, gain, reverb (p=0.3), noise 5-30 dB SNR (p=0.8), "
             "telephone band-pass 300-3400 Hz with mu-law (p=0.15), low-pass 2-7 kHz (p=0.2), "
-            "vocal-tract-length warp +-10 %, SpecAugment, Gaussian noise on normalized log-mel "
+            "vocal-tract-length warp +-15 %, random spectral tilt +-6 dB, SpecAugment, "
+            "Gaussian noise on normalized log-mel "
             "(sigma 0.25, p=0.5)",
             "heldout_voices": "flite rms, festival ked_diphone, espeak-ng variants with "
             "sha256(variant) % 7 == 0 under all accents",
@@ -327,8 +346,9 @@ def run(
     if not data.exists():
         missing = synth.missing_programs()
         if missing:
-            raise RuntimeError(f"cannot synthesise training data: {', '.join(missing)} not installed "
-                               "(run tools/setup.sh)")
+            raise RuntimeError(
+                f"cannot synthesise training data: {', '.join(missing)} not installed (run tools/setup.sh)"
+            )
         print(f"synthesising the corpus into {data} ...")
         synth.build(data, seed=cfg.seed, scale=synth_scale, progress=progress)
     clips = synth.load(data)
@@ -337,9 +357,11 @@ def run(
     model, log = train(clips, cfg, progress=progress)
     held = heldout_windows(clips)
     report = accuracy_report(predict_labels(model, held["x"]), held)
-    print(f"held-out top-1: {report['overall']:.4f} (digits {report['digits']:.4f}) over "
-          f"{report['n_windows']} windows; per engine: "
-          + ", ".join(f"{e} {v['accuracy']:.3f}" for e, v in report["per_engine"].items()))
+    print(
+        f"held-out top-1: {report['overall']:.4f} (digits {report['digits']:.4f}) over "
+        f"{report['n_windows']} windows; per engine: "
+        + ", ".join(f"{e} {v['accuracy']:.3f}" for e, v in report["per_engine"].items())
+    )
     card = base_card(model, cfg, clips)
     card["heldout_accuracy"] = report
     card["training"]["seconds"] = round(log["seconds"], 1)
@@ -356,13 +378,29 @@ def run_cli(args) -> int:  # noqa: ANN001 - argparse namespace from stream.cli
 
     device = str(resolve_device(args.device))
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device)
-    card = run(data=args.data, out_dir=args.out, cfg=cfg, synth_scale=args.synth_scale, progress=not args.quiet)
+    card = run(
+        data=args.data,
+        out_dir=args.out,
+        cfg=cfg,
+        synth_scale=args.synth_scale,
+        progress=not args.quiet,
+    )
     if not args.no_calibrate:
-        card = calibrate(args.out / "card.json", args.data, DetectorConfig(), target_fpr=0.01, device=device,
-                         progress=not args.quiet)
+        card = calibrate(
+            args.out / "card.json",
+            args.data,
+            DetectorConfig(),
+            target_fpr=0.01,
+            device=device,
+            progress=not args.quiet,
+        )
         d = card["detector"]
-        print(f"detector threshold {d['threshold']:.4f} (target FPR 1%), measured FPR "
-              f"{d['measured_fpr']:.2%} on {d['test']['n']} held-out windows")
-    print(f"wrote {args.out}/model.pt, model.onnx, card.json "
-          f"(held-out top-1 {card['heldout_accuracy']['overall']:.4f})")
+        print(
+            f"detector threshold {d['threshold']:.4f} (target FPR 1%), measured FPR "
+            f"{d['measured_fpr']:.2%} on {d['test']['n']} held-out windows"
+        )
+    print(
+        f"wrote {args.out}/model.pt, model.onnx, card.json "
+        f"(held-out top-1 {card['heldout_accuracy']['overall']:.4f})"
+    )
     return 0

@@ -85,6 +85,9 @@ class DigitNet(nn.Module):
     ``(batch, n_classes)`` logits.
     """
 
+    feat_mean: torch.Tensor
+    feat_std: torch.Tensor
+
     def __init__(self, config: DigitNetConfig | None = None) -> None:
         super().__init__()
         cfg = config or DigitNetConfig()
@@ -104,7 +107,9 @@ class DigitNet(nn.Module):
         self.register_buffer("feat_std", torch.ones(cfg.n_mels, 1))
         c = cfg.channels
         self.stem = nn.Sequential(
-            nn.Conv1d(cfg.n_mels, c[0], 3, padding=1, bias=False), nn.BatchNorm1d(c[0]), nn.ReLU(inplace=True)
+            nn.Conv1d(cfg.n_mels, c[0], 3, padding=1, bias=False),
+            nn.BatchNorm1d(c[0]),
+            nn.ReLU(inplace=True),
         )
         self.blocks = nn.Sequential(
             *[_Residual1d(c[i], c[i + 1], cfg.kernel_size, stride=2) for i in range(len(c) - 1)]

@@ -38,7 +38,7 @@ class OnnxRecognizer:
         intra_op_threads: ORT intra-op threads (0 = ORT default).
     """
 
-    representations = ("waveform",)
+    representations: tuple[str, ...] = ("waveform",)
 
     def __init__(
         self,

@@ -7,6 +7,8 @@ to randomized smoothing; any other module offers ``waveform`` only.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import torch
 from torch import nn
@@ -24,7 +26,9 @@ class TorchRecognizer:
         device: ``"cpu"``, ``"cuda[:N]"`` or ``None``/``"auto"`` (CUDA when present).
     """
 
-    def __init__(self, module: nn.Module, spec: ModelSpec, *, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self, module: nn.Module, spec: ModelSpec, *, device: str | torch.device | None = None
+    ) -> None:
         self.spec = spec
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval()
@@ -45,12 +49,12 @@ class TorchRecognizer:
 
     def encode(self, batch: torch.Tensor, representation: str) -> torch.Tensor:
         self._check_rep(representation)
-        return self.module.encode(batch, representation) if self._staged else batch
+        return cast(Any, self.module).encode(batch, representation) if self._staged else batch
 
     def logits_from(self, z: torch.Tensor, representation: str) -> torch.Tensor:
         self._check_rep(representation)
         if self._staged:
-            return self._as_logits(self.module.logits_from(z, representation))
+            return self._as_logits(cast(Any, self.module).logits_from(z, representation))
         return self.logits(z)
 
     @torch.no_grad()

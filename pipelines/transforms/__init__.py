@@ -18,6 +18,7 @@ from pipelines.transforms.base import BaseTransform, Transform
 from pipelines.transforms.lowpass import LowPass
 from pipelines.transforms.mel_inversion import MelInversion
 from pipelines.transforms.mp3 import Mp3RoundTrip
+from pipelines.transforms.noise import GaussianNoise
 from pipelines.transforms.opus import OpusRoundTrip
 from pipelines.transforms.quantize import Quantize
 from pipelines.transforms.resample import ResampleRoundTrip
@@ -26,6 +27,7 @@ __all__ = [
     "TRANSFORM_NAMES",
     "AacRoundTrip",
     "BaseTransform",
+    "GaussianNoise",
     "LowPass",
     "MelInversion",
     "Mp3RoundTrip",
@@ -42,6 +44,7 @@ _REGISTRY: dict[str, type[BaseTransform]] = {
     cls.name: cls
     for cls in (
         AacRoundTrip,
+        GaussianNoise,
         LowPass,
         MelInversion,
         Mp3RoundTrip,
@@ -93,8 +96,7 @@ def make_transform(name: str, *, sample_rate_hz: int, **params: ParamValue) -> T
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise ValueError(
-            f"{name}: unknown parameter(s) {', '.join(unknown)}; "
-            f"known: {', '.join(known) or '(none)'}"
+            f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known) or '(none)'}"
         )
     return cls(sample_rate_hz=sample_rate_hz, **params)  # type: ignore[call-arg]
 
@@ -151,6 +153,4 @@ def _lookup(name: str) -> type[BaseTransform]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"unknown transform {name!r}; known: {', '.join(TRANSFORM_NAMES)}"
-        ) from None
+        raise ValueError(f"unknown transform {name!r}; known: {', '.join(TRANSFORM_NAMES)}") from None

@@ -158,9 +158,7 @@ def round_trip(
         # Linear-phase polyphase FIR whose group delay resample_poly removes: no lag. Plain
         # numpy/C, so it adds no torch intra-op threads inside this thread pool.
         common = math.gcd(decoded_rate_hz, sample_rate_hz)
-        decoded = scipy.signal.resample_poly(
-            decoded, sample_rate_hz // common, decoded_rate_hz // common
-        )
+        decoded = scipy.signal.resample_poly(decoded, sample_rate_hz // common, decoded_rate_hz // common)
     return fit_length(decoded.astype(np.float32, copy=False), clip.shape[0])
 
 
@@ -200,9 +198,7 @@ class CodecRoundTrip(BaseTransform):
         try:
             rates = av.Codec(self.codec, "w").audio_rates
         except av.codec.codec.UnknownCodecError as error:
-            raise RuntimeError(
-                f"{self.name}: this PyAV build has no {self.codec} encoder"
-            ) from error
+            raise RuntimeError(f"{self.name}: this PyAV build has no {self.codec} encoder") from error
         if rates and self.sample_rate_hz not in rates:
             raise ValueError(
                 f"{self.name}: sample_rate_hz must be one of {sorted(rates)} for {self.codec}, "

@@ -64,6 +64,9 @@ class BaseTransform:
     """
 
     name: str = "identity"
+    #: True when the output depends on ``rng`` (then only same-seed reproducibility holds, not
+    #: batch == per-item).
+    randomized: bool = False
 
     def __init__(self, *, sample_rate_hz: int) -> None:
         if sample_rate_hz <= 0:

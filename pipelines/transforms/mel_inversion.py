@@ -52,9 +52,7 @@ class MelInversion(BaseTransform):
     hop_length: int = 128
     n_mels: int = 80
     n_iter: int = 32
-    _mel: torchaudio.transforms.MelSpectrogram = dataclasses.field(
-        init=False, repr=False, compare=False
-    )
+    _mel: torchaudio.transforms.MelSpectrogram = dataclasses.field(init=False, repr=False, compare=False)
     _inverse_filterbank: torch.Tensor = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -106,10 +104,7 @@ class MelInversion(BaseTransform):
             )
         restored_np = restored.numpy()[:, :samples]
         return np.stack(
-            [
-                _align(out, ref, max_lag=self.hop_length)
-                for out, ref in zip(restored_np, batch, strict=True)
-            ]
+            [_align(out, ref, max_lag=self.hop_length) for out, ref in zip(restored_np, batch, strict=True)]
         )
 
 

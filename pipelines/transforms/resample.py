@@ -54,9 +54,7 @@ class ResampleRoundTrip(BaseTransform):
     def _apply(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         samples = batch.shape[1]
         waveform = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        low = torchaudio.functional.resample(
-            waveform, self.sample_rate_hz, self.intermediate_rate_hz
-        )
+        low = torchaudio.functional.resample(waveform, self.sample_rate_hz, self.intermediate_rate_hz)
         back = torchaudio.functional.resample(low, self.intermediate_rate_hz, self.sample_rate_hz)
         back = back[:, :samples]
         if back.shape[1] < samples:

@@ -26,7 +26,9 @@ def _encode(path, audio: np.ndarray, rate: int, fmt: str, codec: str, layout: st
         s = c.add_stream(codec, rate=rate, layout=layout)
         sample_fmt = s.codec_context.codec.audio_formats[0].name
         chans = 1 if layout == "mono" else 2
-        frame = av.AudioFrame.from_ndarray(np.tile(audio.astype(np.float32), (chans, 1)), format="fltp", layout=layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.tile(audio.astype(np.float32), (chans, 1)), format="fltp", layout=layout
+        )
         frame.sample_rate = rate
         resampler = av.AudioResampler(format=sample_fmt, layout=layout, rate=rate)
         for f in resampler.resample(frame):
@@ -99,8 +101,10 @@ def test_directory_is_not_audio(tmp_path) -> None:
         read_audio(tmp_path, sample_rate_hz=16000)
 
 
-@pytest.mark.parametrize(("n", "expected_starts"), [(0, []), (5, [0]), (16000, [0]), (16001, [0, 8000]),
-                                                    (40000, [0, 8000, 16000, 24000])])
+@pytest.mark.parametrize(
+    ("n", "expected_starts"),
+    [(0, []), (5, [0]), (16000, [0]), (16001, [0, 8000]), (40000, [0, 8000, 16000, 24000])],
+)
 def test_frame_covers_the_signal(n, expected_starts) -> None:
     sig = np.arange(n, dtype=np.float32)
     w, starts = frame(sig, window=16000, hop=8000)
@@ -117,4 +121,3 @@ def test_frame_covers_the_signal(n, expected_starts) -> None:
 def test_frame_rejects_bad_sizes() -> None:
     with pytest.raises(ValueError):
         frame(np.zeros(10), window=0, hop=1)
-

@@ -33,7 +33,9 @@ def test_clean_heldout_windows_are_rarely_flagged(detector, heldout_speech) -> N
     verdicts = detector.analyze(heldout_speech["x"])
     flagged = sum(v.flagged for v in verdicts)
     # 50 clean windows at a 1 % target: P(>= 4 flags) < 0.2 % under the target rate.
-    assert flagged <= 3, [(synth.LABELS[y], v.score) for v, y in zip(verdicts, heldout_speech["y"], strict=True) if v.flagged]
+    assert flagged <= 3, [
+        (synth.LABELS[y], v.score) for v, y in zip(verdicts, heldout_speech["y"], strict=True) if v.flagged
+    ]
     raw_acc = np.mean([v.raw_label == y for v, y in zip(verdicts, heldout_speech["y"], strict=True)])
     assert raw_acc >= 0.9
 

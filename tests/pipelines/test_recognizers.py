@@ -39,7 +39,9 @@ def test_representations_compose_to_the_full_model(model_torch, heldout_speech, 
     x = torch.from_numpy(heldout_speech["x"][:4])
     with torch.no_grad():
         z = model_torch.encode(x, representation)
-        np.testing.assert_allclose(model_torch.logits_from(z, representation), model_torch.logits(x), atol=1e-4)
+        np.testing.assert_allclose(
+            model_torch.logits_from(z, representation), model_torch.logits(x), atol=1e-4
+        )
 
 
 def test_gradients_flow_from_logits_to_samples(model_torch, heldout_speech) -> None:
@@ -70,8 +72,9 @@ def test_user_onnx_model_through_toml_manifest(tmp_path, model_onnx, heldout_spe
     )
     rec = load_recognizer(tmp_path / "kws.toml", backend="onnx", device="cpu")
     assert isinstance(rec, Recognizer) and rec.spec.name == "my-kws"
-    np.testing.assert_allclose(rec.predict(heldout_speech["x"][:4]), model_onnx.predict(heldout_speech["x"][:4]),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        rec.predict(heldout_speech["x"][:4]), model_onnx.predict(heldout_speech["x"][:4]), atol=1e-6
+    )
     with pytest.raises(ValueError, match="no torch backend"):
         load_recognizer(tmp_path / "kws.toml", backend="torch")
 
@@ -83,10 +86,18 @@ def test_user_torchscript_model_with_probability_output(tmp_path) -> None:
             return torch.cat([e, 1 - e], dim=1)
 
     torch.jit.script(Energy()).save(str(tmp_path / "e.pt"))
-    (tmp_path / "e.json").write_text(json.dumps({
-        "name": "energy", "sample_rate_hz": 8000, "window_samples": 100, "labels": ["loud", "quiet"],
-        "output": "probabilities", "backends": {"torch": {"format": "torchscript", "path": "e.pt"}},
-    }))
+    (tmp_path / "e.json").write_text(
+        json.dumps(
+            {
+                "name": "energy",
+                "sample_rate_hz": 8000,
+                "window_samples": 100,
+                "labels": ["loud", "quiet"],
+                "output": "probabilities",
+                "backends": {"torch": {"format": "torchscript", "path": "e.pt"}},
+            }
+        )
+    )
     rec = load_recognizer(tmp_path / "e.json", backend="torch", device="cpu")
     x = np.stack([np.full(100, 0.9, np.float32), np.zeros(100, np.float32)])
     p = rec.predict(x)
@@ -100,10 +111,16 @@ def test_user_torchscript_model_with_probability_output(tmp_path) -> None:
     [
         ("{not json", "not valid JSON"),
         ('{"name": "x"}', "lacks"),
-        ('{"name": "x", "labels": ["a"], "sample_rate_hz": 1, "window_samples": 1, "backends": {"onnx": {"path": "m"}}}',
-         "two distinct"),
-        ('{"name": "x", "labels": ["a", "b"], "sample_rate_hz": 1, "window_samples": 1, "backends": {"tf": {}}}',
-         "backends"),
+        (
+            '{"name": "x", "labels": ["a"], "sample_rate_hz": 1, "window_samples": 1, '
+            '"backends": {"onnx": {"path": "m"}}}',
+            "two distinct",
+        ),
+        (
+            '{"name": "x", "labels": ["a", "b"], "sample_rate_hz": 1, "window_samples": 1, '
+            '"backends": {"tf": {}}}',
+            "backends",
+        ),
     ],
 )
 def test_malformed_manifests_get_clear_errors(tmp_path, content, message) -> None:

@@ -39,7 +39,9 @@ class ThresholdClassifier:
 def test_certified_radius_matches_cohen_formula_for_known_pA() -> None:
     sigma, p_a = 0.5, 0.9
     model = ThresholdClassifier(c=sigma * norm.ppf(p_a))
-    cfg = SmoothingConfig(sigma=sigma, representation="waveform", n=20000, n0=100, alpha=0.001, batch_size=4096)
+    cfg = SmoothingConfig(
+        sigma=sigma, representation="waveform", n=20000, n0=100, alpha=0.001, batch_size=4096
+    )
     gen = torch.Generator().manual_seed(0)
     (res,) = smoothing.certify(model, torch.zeros(1, 4), cfg, gen)
     assert isinstance(res, Certified)
@@ -75,7 +77,12 @@ def test_predict_abstains_on_a_coin_flip_and_answers_when_clear() -> None:
 
 @pytest.mark.parametrize(
     ("counts", "alpha", "expect"),
-    [([10, 0, 0], 0.05, 0), ([6, 4, 0], 0.05, None), ([0, 30, 20], 0.5, 1), ([0, 0, 0], 0.05, None)],
+    [
+        ([10, 0, 0], 0.05, 0),
+        ([6, 4, 0], 0.05, None),
+        ([0, 30, 20], 0.5, 1),
+        ([0, 0, 0], 0.05, None),
+    ],
 )
 def test_predict_from_counts_uses_two_sided_binomial_test(counts, alpha, expect) -> None:
     res = smoothing.predict_from_counts(np.array(counts), alpha)
@@ -111,14 +118,17 @@ def test_same_seed_same_counts_and_per_item_generators_ignore_batch_company() ->
 def test_mean_probs_are_distributions(model_torch, heldout_speech) -> None:
     cfg = SmoothingConfig(sigma=0.25, representation="logmel", n=16)
     z = model_torch.encode(torch.from_numpy(heldout_speech["x"][:3]), "logmel")
-    counts, probs = smoothing.sample_counts(model_torch, z, 16, cfg, torch.Generator().manual_seed(0),
-                                            return_mean_probs=True)
+    counts, probs = smoothing.sample_counts(
+        model_torch, z, 16, cfg, torch.Generator().manual_seed(0), return_mean_probs=True
+    )
     assert counts.shape == probs.shape == (3, len(model_torch.spec.labels))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("representation", ["waveform", "spectrogram", "logmel"])
-def test_smoothed_digit_model_agrees_with_truth_on_clean_speech(model_torch, heldout_speech, representation) -> None:
+def test_smoothed_digit_model_agrees_with_truth_on_clean_speech(
+    model_torch, heldout_speech, representation
+) -> None:
     sigma = {"waveform": 0.002, "spectrogram": 0.01, "logmel": 0.25}[representation]
     cfg = SmoothingConfig(sigma=sigma, representation=representation, n=32, alpha=0.05)
     x, y = heldout_speech["x"], heldout_speech["y"]

@@ -21,8 +21,9 @@ def n_windows(path, hop: int) -> int:
 
 
 def avsentry(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stream.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "stream.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_check_reads_spoken_digits_without_flags(digit_wav) -> None:
@@ -41,8 +42,18 @@ def test_check_json_has_one_object_per_window(digit_wav) -> None:
     objs = [json.loads(ln) for ln in r.stdout.splitlines()]
     assert len(objs) == n_windows(digit_wav, hop=16000)
     for o in objs:
-        assert {"file", "start_s", "end_s", "raw", "transforms", "smoothed", "score", "flagged", "reasons",
-                "threshold"} <= set(o)
+        assert {
+            "file",
+            "start_s",
+            "end_s",
+            "raw",
+            "transforms",
+            "smoothed",
+            "score",
+            "flagged",
+            "reasons",
+            "threshold",
+        } <= set(o)
         assert o["raw"]["label"] in synth.LABELS and 0 <= o["raw"]["confidence"] <= 1
         assert "radius" in o["smoothed"] and "abstain" in o["smoothed"]
         assert o["flagged"] is False
@@ -73,7 +84,9 @@ def test_models_lists_the_embedded_model() -> None:
     assert m["name"] == "digits" and m["threshold"] > 0 and m["measured_fpr"] is not None
 
 
-@pytest.mark.parametrize("cmd", [[], ["check"], ["train"], ["calibrate"], ["bench", "core"], ["models"], ["demo"]])
+@pytest.mark.parametrize(
+    "cmd", [[], ["check"], ["train"], ["calibrate"], ["bench", "core"], ["models"], ["demo"]]
+)
 def test_help_texts(cmd) -> None:
     r = avsentry(*cmd, "--help")
     assert r.returncode == 0 and "usage: avsentry" in r.stdout

@@ -47,7 +47,9 @@ def test_trim_silence_keeps_the_word() -> None:
 
 
 def test_augmentations_keep_shape_and_range(rng) -> None:
-    x = np.stack([augment.place(rng, 0.9 * np.sin(np.arange(5000) * 0.2).astype(np.float32)) for _ in range(16)])
+    x = np.stack(
+        [augment.place(rng, 0.9 * np.sin(np.arange(5000) * 0.2).astype(np.float32)) for _ in range(16)]
+    )
     y = augment.degrade(rng, x)
     assert y.shape == x.shape and y.dtype == np.float32 and np.abs(y).max() <= 1
     assert not np.shares_memory(x, y) and not np.allclose(x, y)

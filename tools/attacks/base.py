@@ -35,14 +35,26 @@ class AttackResult:
 class Attack(Protocol):
     name: str
 
-    def run(self, model: DifferentiableRecognizer, x: np.ndarray, y: np.ndarray, *,
-            target: np.ndarray | None = None, seed: int = 0) -> AttackResult:
+    def run(
+        self,
+        model: DifferentiableRecognizer,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        target: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> AttackResult:
         """Attack ``(batch, samples)`` inputs with true labels ``y`` (or toward ``target``)."""
         ...
 
 
-def finish(model: DifferentiableRecognizer, x: np.ndarray, adv: torch.Tensor, y: np.ndarray,
-           target: np.ndarray | None) -> AttackResult:
+def finish(
+    model: DifferentiableRecognizer,
+    x: np.ndarray,
+    adv: torch.Tensor,
+    y: np.ndarray,
+    target: np.ndarray | None,
+) -> AttackResult:
     """Measure an attack's outcome and pack it."""
     a = adv.detach().cpu().numpy().astype(np.float32)
     before = model.predict(x).argmax(1)

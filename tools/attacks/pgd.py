@@ -42,8 +42,15 @@ class PGD:
         if not self.eps > 0 or self.steps < 1:
             raise ValueError("eps must be > 0 and steps >= 1")
 
-    def run(self, model: DifferentiableRecognizer, x: np.ndarray, y: np.ndarray, *,
-            target: np.ndarray | None = None, seed: int = 0) -> AttackResult:
+    def run(
+        self,
+        model: DifferentiableRecognizer,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        target: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> AttackResult:
         dev = model.device
         lo, hi = model.spec.input_bounds
         x0 = torch.as_tensor(np.asarray(x, np.float32), device=dev)
@@ -57,7 +64,12 @@ class PGD:
                 delta = (torch.rand(x0.shape, generator=gen, device=dev) * 2 - 1) * self.eps
             else:
                 r = torch.randn(x0.shape, generator=gen, device=dev)
-                delta = r / r.norm(dim=1, keepdim=True) * self.eps * torch.rand(len(x0), 1, generator=gen, device=dev)
+                delta = (
+                    r
+                    / r.norm(dim=1, keepdim=True)
+                    * self.eps
+                    * torch.rand(len(x0), 1, generator=gen, device=dev)
+                )
         adv = (x0 + delta).clamp(lo, hi)
         for _ in range(self.steps):
             adv.requires_grad_(True)

@@ -34,9 +34,7 @@ def speech_like(rng: np.random.Generator, *, seconds: float = 1.0) -> np.ndarray
     for formant_hz, bandwidth_hz, gain in ((650, 80, 1.0), (1150, 100, 0.6), (2600, 150, 0.3)):
         radius = np.exp(-np.pi * bandwidth_hz / SAMPLE_RATE_HZ)
         theta = 2 * np.pi * formant_hz / SAMPLE_RATE_HZ
-        voiced += gain * scipy.signal.lfilter(
-            [1.0], [1.0, -2 * radius * np.cos(theta), radius**2], source
-        )
+        voiced += gain * scipy.signal.lfilter([1.0], [1.0, -2 * radius * np.cos(theta), radius**2], source)
     sos = scipy.signal.butter(4, [2500, 6000], btype="bandpass", fs=SAMPLE_RATE_HZ, output="sos")
     fricative = scipy.signal.sosfilt(sos, rng.normal(0.0, 1.0, n))
     envelope = 0.5 * (1 - np.cos(2 * np.pi * 4.0 * t))  # 4 Hz syllables

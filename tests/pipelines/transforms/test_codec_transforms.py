@@ -76,9 +76,7 @@ def test_thread_pool_does_not_change_results(name: str, batch: np.ndarray) -> No
         ({"sample_rate_hz": 16001}, "sample_rate_hz must be one of"),
     ],
 )
-def test_bad_parameters_raise_value_error(
-    name: str, params: dict[str, object], message: str
-) -> None:
+def test_bad_parameters_raise_value_error(name: str, params: dict[str, object], message: str) -> None:
     kwargs: dict[str, object] = {"sample_rate_hz": 16000, **params}
     with pytest.raises(ValueError, match=message):
         CODEC_CLASSES[name](**kwargs)  # type: ignore[arg-type]
@@ -112,9 +110,7 @@ def test_mp3_carries_lame_tag_with_delay() -> None:
 def test_adts_would_lag_by_the_priming() -> None:
     """Why the AAC defence uses MP4: raw ADTS keeps the encoder's 1024 priming samples."""
     clip = _broadband(16000, seed=3)
-    data = encode(
-        clip, codec="aac", container_format="adts", sample_rate_hz=16000, bit_rate_bps=32000
-    )
+    data = encode(clip, codec="aac", container_format="adts", sample_rate_hz=16000, bit_rate_bps=32000)
     decoded, rate_hz = decode(data)
     assert rate_hz == 16000
     assert _lag(clip, decoded[: clip.size]) == 1024
@@ -122,9 +118,7 @@ def test_adts_would_lag_by_the_priming() -> None:
 
 def test_opus_decodes_at_48_khz() -> None:
     clip = _broadband(16000, seed=4)
-    data = encode(
-        clip, codec="libopus", container_format="ogg", sample_rate_hz=16000, bit_rate_bps=16000
-    )
+    data = encode(clip, codec="libopus", container_format="ogg", sample_rate_hz=16000, bit_rate_bps=16000)
     decoded, rate_hz = decode(data)
     assert rate_hz == 48000
     assert decoded.size == 3 * clip.size  # pre-skip and end trimming from the Ogg granules

@@ -156,3 +156,14 @@ def test_mel_inversion_keeps_a_tone_where_it_was() -> None:
 def test_mel_inversion_rejects_bad_params(params: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MelInversion(**params)  # type: ignore[arg-type]
+
+
+def test_noise_is_added_at_the_requested_snr(rng: np.random.Generator) -> None:
+    from pipelines.transforms import make_transform
+
+    x = np.stack([0.2 * np.sin(np.arange(16000) * 0.05), 0.01 * np.sin(np.arange(16000) * 0.05)])
+    for snr in (0.0, 10.0, 20.0):
+        out = make_transform("noise", sample_rate_hz=16000, snr_db=snr).apply(x.astype(np.float32), rng)
+        for row, ref in zip(out, x, strict=True):
+            measured = 10 * np.log10(np.mean(ref**2) / np.mean((row - ref) ** 2))
+            assert abs(measured - snr) < 0.3  # the level follows each clip, loud or quiet

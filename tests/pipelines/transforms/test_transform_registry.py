@@ -22,6 +22,7 @@ def test_names_are_sorted_and_complete() -> None:
         "lowpass",
         "mel_inversion",
         "mp3",
+        "noise",
         "opus",
         "quantize",
         "resample",
@@ -44,12 +45,8 @@ def test_make_transform_builds_each_name_at_its_rate(name: str) -> None:
 def test_make_transform_passes_params() -> None:
     mp3 = make_transform("mp3", sample_rate_hz=16000, bitrate_kbps=24, workers=1)
     assert mp3 == Mp3RoundTrip(sample_rate_hz=16000, bitrate_kbps=24)
-    assert make_transform("quantize", sample_rate_hz=8000, bits=6) == Quantize(
-        sample_rate_hz=8000, bits=6
-    )
-    assert make_transform("lowpass", sample_rate_hz=16000, cutoff_hz=3000) == LowPass(
-        cutoff_hz=3000
-    )
+    assert make_transform("quantize", sample_rate_hz=8000, bits=6) == Quantize(sample_rate_hz=8000, bits=6)
+    assert make_transform("lowpass", sample_rate_hz=16000, cutoff_hz=3000) == LowPass(cutoff_hz=3000)
 
 
 def test_unknown_name_lists_the_known_ones() -> None:
