@@ -6,6 +6,7 @@ rate, then channels are averaged to mono.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import av
@@ -16,8 +17,9 @@ class AudioReadError(ValueError):
     """The file is missing, unreadable, empty or holds non-finite samples."""
 
 
-def read_audio(path: str | Path, *, sample_rate_hz: int) -> np.ndarray:
-    """Decode the first audio stream of ``path`` to mono float32 at ``sample_rate_hz``.
+def read_audio(source: str | Path | bytes, *, sample_rate_hz: int) -> np.ndarray:
+    """Decode the first audio stream of a file (path) or of in-memory file bytes to mono float32
+    at ``sample_rate_hz``.
 
     Returns:
         ``(samples,)`` float32.
@@ -25,14 +27,19 @@ def read_audio(path: str | Path, *, sample_rate_hz: int) -> np.ndarray:
     Raises:
         AudioReadError: with a one-line message naming the file and the problem.
     """
-    path = Path(path)
-    if not path.exists():
-        raise AudioReadError(f"{path}: no such file")
-    if not path.is_file():
-        raise AudioReadError(f"{path}: not a regular file")
+    if isinstance(source, bytes):
+        path: Path | str = "<audio bytes>"
+        opened = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise AudioReadError(f"{path}: no such file")
+        if not path.is_file():
+            raise AudioReadError(f"{path}: not a regular file")
+        opened = str(path)
     chunks: list[np.ndarray] = []
     try:
-        with av.open(str(path)) as container:
+        with av.open(opened) as container:
             if not container.streams.audio:
                 raise AudioReadError(f"{path}: no audio stream")
             stream = container.streams.audio[0]

@@ -18,7 +18,7 @@ does not depend on what else is in the batch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,13 +204,21 @@ class Detector:
             for k in keys
         ]
 
-    def analyze(self, windows: np.ndarray, keys: Sequence[int] | None = None) -> list[WindowVerdict]:
+    def analyze(
+        self,
+        windows: np.ndarray,
+        keys: Sequence[int] | None = None,
+        *,
+        on_raw: Callable[[np.ndarray], None] | None = None,
+    ) -> list[WindowVerdict]:
         """Verdicts for ``(batch, window_samples)`` float32 windows.
 
         Args:
             windows: Mono windows at the model's rate, in its input bounds. Not modified.
             keys: Per-window integers (e.g. start sample) that seed its randomness;
                 defaults to ``0..batch-1``.
+            on_raw: Called with the raw probabilities ``(batch, classes)`` as soon as they are
+                known, before the defences run (for interim results).
         """
         x = np.asarray(windows, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.recognizer.spec.window_samples:
@@ -225,6 +233,8 @@ class Detector:
         if len(x) == 0:
             return []
         raw = self.recognizer.predict(x)
+        if on_raw is not None:
+            on_raw(raw)
         defended: list[tuple[str, np.ndarray]] = []
         for t in self.transforms:
             defended.append((t.name, self.recognizer.predict(self._transform(t, x, keys))))

@@ -96,11 +96,74 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_detector_args(p)
 
+    p = sub.add_parser(
+        "serve",
+        help="run the gRPC guard service",
+        description="Serve avsentry.v1.Guard (plus grpc.health.v1 and reflection). With no "
+        "options it serves the embedded digits model in plaintext on 127.0.0.1:50051. "
+        "Settings come from --config (TOML, see stream/config.py) and these flags.",
+    )
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--address", help="listen address (default 127.0.0.1; others need TLS or --insecure)")
+    p.add_argument("--port", type=int, help="listen port (default 50051; 0 picks a free one)")
+    p.add_argument(
+        "--insecure", action="store_true", default=None, help="allow plaintext on a non-loopback address"
+    )
+    p.add_argument("--model", help="default model: embedded name or manifest path (default digits)")
+    p.add_argument("--backend", choices=("torch", "onnx"))
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--max-streams", type=int)
+    p.add_argument("--max-batch", type=int, help="windows per device batch (default 64)")
+    p.add_argument("--max-wait-ms", type=float, help="longest wait to fill a batch (default 10)")
+    p.add_argument("--workers", type=int, help="batches in flight (default 2)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default off)")
+    p.add_argument("--tls-cert", type=Path)
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    p.add_argument("--token-file", type=Path, help="require 'authorization: Bearer <token>' (token in file)")
+
+    def add_client_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--server", default="127.0.0.1:50051", help="host:port (default 127.0.0.1:50051)")
+        p.add_argument("--json", action="store_true", help="one JSON verdict per line")
+        p.add_argument("--interim", action="store_true", help="also print quick raw-only interim verdicts")
+        p.add_argument("--model", default="", help="model name on the server (default: its default)")
+        p.add_argument("--transforms", default=None, help="comma-separated transform specs, or 'none'")
+        p.add_argument("--n", type=int, default=0, help="smoothing samples per window (default: server's)")
+        p.add_argument("--hop-ms", type=int, default=0, help="hop between windows (default 500)")
+        p.add_argument("--ca", type=Path, help="CA certificate to verify the server (enables TLS)")
+        p.add_argument("--cert", type=Path, help="client certificate (mutual TLS)")
+        p.add_argument("--key", type=Path, help="client key (mutual TLS)")
+        p.add_argument("--token-file", type=Path, help="file holding the bearer token")
+
+    p = sub.add_parser("stream", help="stream a file to a server at real time, print verdicts live")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument(
+        "--rate", type=float, default=1.0, help="pace: 1 = real time, 2 = twice as fast, 0 = unpaced"
+    )
+    add_client_args(p)
+
+    p = sub.add_parser("mic", help="stream a microphone to a server, print verdicts live")
+    p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    p.add_argument("--input-device", default=None, help="device index or name (default: system default)")
+    p.add_argument(
+        "--samplerate", type=int, default=None, help="capture rate (default: the device's native rate)"
+    )
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=None, help="stop after this much audio (default: Ctrl-C)")
+    add_client_args(p)
+
     p = sub.add_parser("models", help="list the embedded models and their calibration")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("demo", help="check the bundled demo clips (clean and adversarial)")
-    _add_model_args(p)
+    p = sub.add_parser(
+        "demo",
+        help="serve the default model and stream the bundled clean and adversarial clips",
+        description="Start a server on a free local port with the embedded model, stream the "
+        "bundled clean clip and then the adversarial one through it at real time (or --rate), "
+        "and print each verdict.",
+    )
+    p.add_argument("--rate", type=float, default=1.0, help="pace (default 1 = real time; 0 = unpaced)")
+    p.add_argument("--device", default="auto")
 
     p = sub.add_parser(
         "train",
@@ -148,6 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(b)
     b.add_argument("--repeat", type=int, default=5, help="timed repetitions per measurement")
     b.add_argument("--batch", type=int, default=32, help="windows per batch for raw inference")
+    b = bsub.add_parser(
+        "stream", help="latency and capacity of a local server under concurrent real-time streams"
+    )
+    b.add_argument("--streams", default="1,8,16,24,32", help="comma-separated stream counts to run")
+    b.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
+    b.add_argument("--n", type=int, default=32, help="smoothing samples per window")
+    b.add_argument("--transforms", default=None, help="transform specs (default: the model's calibrated set)")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    b.add_argument("--workers", type=int, default=2)
+    b.add_argument("--max-batch", type=int, default=64)
+    b.add_argument("--max-wait-ms", type=float, default=10.0)
+    b.add_argument("--p99-ms", type=float, default=250.0, help="latency budget for 'real time'")
+    b.add_argument("--json", action="store_true", help="also print a JSON summary")
     return parser
 
 
@@ -162,9 +239,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "models":
             return _models(args)
         if args.command == "demo":
-            from stream.offline import run_demo
+            from stream.commands import run_demo
 
             return run_demo(args)
+        if args.command == "serve":
+            from stream.commands import run_serve
+
+            return run_serve(args)
+        if args.command == "stream":
+            from stream.commands import run_stream
+
+            return run_stream(args)
+        if args.command == "mic":
+            from stream.commands import run_mic
+
+            return run_mic(args)
         if args.command == "train":
             from tools.train import run_cli
 
@@ -183,9 +272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("avsentry: interrupted", file=sys.stderr)
         return 130
-    except (CliError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (CliError, FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         print(f"avsentry {args.command}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as e:  # a gRPC error from a client command: its status, one line
+        import grpc
+
+        if isinstance(e, grpc.RpcError):
+            print(f"avsentry {args.command}: error: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return EXIT_ERROR
+        raise
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE
 

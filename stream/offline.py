@@ -7,7 +7,6 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -133,33 +132,3 @@ def run_check(args: argparse.Namespace) -> int:
     if failed:
         return 1
     return EXIT_FLAGGED if args.fail_on_flag and flagged else 0
-
-
-def demo_clips() -> list[Path]:
-    base = Path(str(resources.files("pipelines").joinpath("models", "digits")))
-    return sorted(base.glob("demo_*.wav"))
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    clips = demo_clips()
-    if not clips:
-        raise FileNotFoundError("no bundled demo clips found in pipelines/models/digits")
-    ns = argparse.Namespace(
-        files=clips,
-        json=False,
-        hop_ms=500.0,
-        fail_on_flag=False,
-        model=args.model,
-        backend=args.backend,
-        device=args.device,
-        transforms=None,
-        n=None,
-        n0=None,
-        sigma=None,
-        representation=None,
-        alpha=None,
-        no_smoothing=False,
-        threshold=None,
-        seed=0,
-    )
-    return run_check(ns)

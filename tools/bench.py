@@ -135,4 +135,9 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.bench == "core":
         bench_core(args)
         return 0
+    if args.bench == "stream":
+        from tools.bench_stream import bench_stream
+
+        bench_stream(args)
+        return 0
     raise ValueError(f"unknown benchmark {args.bench!r}")

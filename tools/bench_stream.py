@@ -1,0 +1,187 @@
+"""``avsentry bench stream``: verdict latency and capacity under concurrent real-time streams.
+
+Starts ``avsentry serve`` in a subprocess (its own interpreter, as in production), then for each
+stream count N runs N client streams at once, each sending the bundled clean demo clip tiled to
+``--seconds`` of audio in 100 ms chunks paced at real time. For every verdict it records the
+latency from the moment the chunk completing its window was sent to the moment the verdict
+arrived. Prints p50/p95/p99 latency, the real-time factor (wall time from the first chunk to the
+last verdict over audio duration; 1.0 is the floor for paced streams), windows lost (expected -
+received; must be 0), and the largest N that stayed within the p99 budget with nothing lost.
+Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipelines.audio_io import read_audio
+from pipelines.windowing import frame
+from stream.client import GuardClient
+
+CHUNK_MS = 100
+RATE = 16_000
+
+
+@dataclass
+class StreamResult:
+    latencies_ms: list[float] = field(default_factory=list)
+    server_latencies_ms: list[float] = field(default_factory=list)
+    received: int = 0
+    expected: int = 0
+    wall_s: float = 0.0
+    error: str | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _audio(seconds: float) -> np.ndarray:
+    from stream.commands import demo_clips
+
+    clip = read_audio(demo_clips()[0], sample_rate_hz=RATE)
+    reps = int(np.ceil(seconds * RATE / len(clip)))
+    return np.tile(clip, reps)[: int(seconds * RATE)]
+
+
+def _one_stream(target: str, audio: np.ndarray, cfg: dict, result: StreamResult, start_at: float) -> None:
+    chunk = RATE * CHUNK_MS // 1000
+    sent_at: list[float] = []
+
+    def chunks():
+        while time.perf_counter() < start_at:
+            time.sleep(0.001)
+        t0 = time.perf_counter()
+        for k, s in enumerate(range(0, len(audio), chunk)):
+            delay = t0 + k * CHUNK_MS / 1000 - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            sent_at.append(time.perf_counter())
+            yield audio[s : s + chunk, None]
+
+    result.expected = len(frame(audio, window=RATE, hop=RATE // 2)[1])
+    try:
+        with GuardClient(target) as client:
+            for v in client.stream(chunks(), sample_rate_hz=RATE, **cfg):
+                now = time.perf_counter()
+                last_chunk = min(len(sent_at) - 1, max(0, (min(v.end_sample, len(audio)) - 1) // chunk))
+                result.latencies_ms.append((now - sent_at[last_chunk]) * 1000)
+                result.server_latencies_ms.append(v.latency_ms)
+                result.received += 1
+        result.wall_s = time.perf_counter() - start_at
+    except Exception as e:  # noqa: BLE001 - counted as lost windows and reported
+        result.error = f"{type(e).__name__}: {e}"
+
+
+def run_level(target: str, n: int, audio: np.ndarray, cfg: dict) -> dict:
+    results = [StreamResult() for _ in range(n)]
+    start_at = time.perf_counter() + 0.5
+    threads = [threading.Thread(target=_one_stream, args=(target, audio, cfg, r, start_at)) for r in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat = np.array([x for r in results for x in r.latencies_ms])
+    srv = np.array([x for r in results for x in r.server_latencies_ms])
+    audio_s = len(audio) / RATE
+    out = {
+        "streams": n,
+        "windows": int(sum(r.received for r in results)),
+        "lost": int(sum(r.expected - r.received for r in results)),
+        "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+        "p95_ms": float(np.percentile(lat, 95)) if lat.size else float("nan"),
+        "p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+        "server_p99_ms": float(np.percentile(srv, 99)) if srv.size else float("nan"),
+        "rtf": float(max((r.wall_s for r in results), default=0.0) / audio_s),
+        "errors": sorted({r.error for r in results if r.error}),
+    }
+    return out
+
+
+def bench_stream(args: argparse.Namespace) -> list[dict]:
+    counts = [int(x) for x in str(args.streams).split(",") if x.strip()]
+    if not counts or min(counts) < 1:
+        raise ValueError("--streams needs positive integers, e.g. 1,8,16,24")
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "stream.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--device",
+        args.device,
+        "--backend",
+        args.backend,
+        "--workers",
+        str(args.workers),
+        "--max-batch",
+        str(args.max_batch),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+    ]
+    server = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    target = f"127.0.0.1:{port}"
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if "serving" not in line:
+            raise RuntimeError(f"server did not start: {line.strip()} {server.stdout.read()[-2000:]}")
+        cfg: dict = {"smoothing_n": args.n}
+        if args.transforms is not None:
+            cfg["transforms"] = [t for t in args.transforms.split(",") if t] or ["none"]
+        audio = _audio(args.seconds)
+        print(
+            f"# avsentry bench stream: {args.seconds:g} s of speech per stream, {CHUNK_MS} ms chunks at real "
+            f"time, n={args.n}, transforms={cfg.get('transforms', 'model default')}, device={args.device}, "
+            f"workers={args.workers}, max_batch={args.max_batch}, cpus={os.cpu_count()}",
+            flush=True,
+        )
+        print(
+            f"{'streams':>7} {'windows':>7} {'lost':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+            f"{'srv p99':>8} {'RTF':>6}",
+            flush=True,
+        )
+        rows = []
+        for n in counts:
+            r = run_level(target, n, audio, cfg)
+            rows.append(r)
+            print(
+                f"{r['streams']:7d} {r['windows']:7d} {r['lost']:5d} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} "
+                f"{r['p99_ms']:8.1f} {r['server_p99_ms']:8.1f} {r['rtf']:6.3f}"
+                + (f"  errors: {r['errors']}" if r["errors"] else ""),
+                flush=True,
+            )
+        ok = [r["streams"] for r in rows if r["lost"] == 0 and r["p99_ms"] <= args.p99_ms]
+        best = max(ok) if ok else 0
+        print(
+            f"largest N in real time (p99 <= {args.p99_ms:g} ms, 0 lost) among those run: {best}", flush=True
+        )
+        if args.json:
+            print(json.dumps({"rows": rows, "largest_realtime_streams": best}))
+        return rows
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
