@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", type=Path, default=Path("data/synth/clips.npz"), help="corpus (built if absent)")
     p.add_argument("--out", type=Path, default=Path("runs/digits"), help="output directory")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=8000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)

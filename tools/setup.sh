@@ -18,7 +18,7 @@ for arg in "$@"; do
 done
 
 apt_packages=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-              sox libportaudio2 python3-venv)
+              sox libportaudio2 python3-venv pulseaudio pulseaudio-utils libasound2-plugins openssl)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
