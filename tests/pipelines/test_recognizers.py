@@ -56,10 +56,12 @@ def test_card_is_a_complete_manifest() -> None:
     assert m.spec.sample_rate_hz == 16000 and m.spec.window_samples == 16000
     assert m.spec.input_bounds == (-1.0, 1.0)
     card = m.extra
-    assert card["heldout_accuracy"]["overall"] >= 0.97
+    acc = card["heldout_accuracy"]
+    assert 0.9 <= acc["overall"] <= 1 and set(acc["per_engine"]) == {"espeak", "flite", "festival", "procedural"}
     det = card["detector"]
     assert det["target_fpr"] == 0.01 and 0 < det["threshold"] < 2
-    assert det["measured_fpr"] <= 0.02
+    # group-conditional calibration: every clean group at or under the target on held-out voices
+    assert all(g["fpr"] <= det["target_fpr"] for g in det["test"]["by_group"].values())
 
 
 def test_user_onnx_model_through_toml_manifest(tmp_path, model_onnx, heldout_speech) -> None:
