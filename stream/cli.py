@@ -174,9 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", type=Path, default=Path("data/synth/clips.npz"), help="corpus (built if absent)")
     p.add_argument("--out", type=Path, default=Path("runs/digits"), help="output directory")
-    p.add_argument("--steps", type=int, default=8000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 8000)")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per step (default 128)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument(
@@ -275,9 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         print(f"avsentry {args.command}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except Exception as e:  # a gRPC error from a client command: its status, one line
+    except Exception as e:  # a gRPC status or an audio-source error from a client command: one line
         import grpc
 
+        from stream.sources import SourceError
+
+        if isinstance(e, SourceError):
+            print(f"avsentry {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_ERROR
         if isinstance(e, grpc.RpcError):
             print(f"avsentry {args.command}: error: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
             return EXIT_ERROR

@@ -163,7 +163,9 @@ def calibrate(
 
 def groups(y: np.ndarray, labels: tuple[str, ...]) -> np.ndarray:
     """The clean-audio group of each window: digits, other_speech or background."""
-    return np.where(y < 10, "digits", np.where(labels.index(synth.UNKNOWN) == y, "other_speech", "background"))
+    return np.where(
+        y < 10, "digits", np.where(labels.index(synth.UNKNOWN) == y, "other_speech", "background")
+    )
 
 
 def calibrate_threshold_for(

@@ -377,7 +377,8 @@ def run_cli(args) -> int:  # noqa: ANN001 - argparse namespace from stream.cli
     from tools.calibrate import calibrate
 
     device = str(resolve_device(args.device))
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device)
+    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+    cfg = TrainConfig(seed=args.seed, device=device, **{k: v for k, v in given.items() if v is not None})
     card = run(
         data=args.data,
         out_dir=args.out,

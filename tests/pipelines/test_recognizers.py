@@ -57,7 +57,12 @@ def test_card_is_a_complete_manifest() -> None:
     assert m.spec.input_bounds == (-1.0, 1.0)
     card = m.extra
     acc = card["heldout_accuracy"]
-    assert 0.9 <= acc["overall"] <= 1 and set(acc["per_engine"]) == {"espeak", "flite", "festival", "procedural"}
+    assert 0.9 <= acc["overall"] <= 1 and set(acc["per_engine"]) == {
+        "espeak",
+        "flite",
+        "festival",
+        "procedural",
+    }
     det = card["detector"]
     assert det["target_fpr"] == 0.01 and 0 < det["threshold"] < 2
     # group-conditional calibration: every clean group at or under the target on held-out voices
