@@ -133,6 +133,8 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
         "--max-wait-ms",
         str(args.max_wait_ms),
     ]
+    if args.torch_threads:
+        cmd += ["--torch-threads", str(args.torch_threads)]
     server = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,

@@ -32,14 +32,14 @@ WINDOW = synth.SAMPLE_RATE_HZ
 class TrainConfig:
     """Training hyper-parameters (stored in the model card)."""
 
-    steps: int = 8000
+    steps: int = 5000
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-3
     label_smoothing: float = 0.05
     feature_noise_sigma: float = 0.25
     feature_noise_prob: float = 0.5
-    unknown_weight: float = 1.25
+    unknown_weight: float = 1.0
     freq_warp: float = 0.15
     tilt_db: float = 6.0
     seed: int = 0

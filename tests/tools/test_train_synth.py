@@ -77,3 +77,24 @@ def test_sampler_balances_classes(tiny_corpus) -> None:
     counts = np.bincount(y, minlength=len(synth.LABELS))
     assert counts.min() > 20  # every class, background included
     assert counts[synth.LABELS.index(synth.UNKNOWN)] > counts[:10].mean() * 1.4
+
+
+@pytest.mark.slow
+def test_train_command_end_to_end(tmp_path) -> None:
+    """`avsentry train` on a 10 % corpus: synthesis, training, export, calibration (about 10 min)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "model"
+    r = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "train", "--data", str(tmp_path / "clips.npz"), "--out", str(out),
+         "--synth-scale", "0.1", "--steps", "800", "--device", "cpu", "--quiet"],
+        capture_output=True, text=True, timeout=3600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    card = json.loads((out / "card.json").read_text())
+    assert card["heldout_accuracy"]["overall"] > 0.6
+    assert card["detector"]["measured_fpr"] <= 0.05
+    rec = load_recognizer(out / "card.json", backend="onnx", device="cpu")
+    assert rec.spec.labels == synth.LABELS
