@@ -27,6 +27,7 @@ def read_audio(source: str | Path | bytes, *, sample_rate_hz: int) -> np.ndarray
     Raises:
         AudioReadError: with a one-line message naming the file and the problem.
     """
+    opened: io.BytesIO | str
     if isinstance(source, bytes):
         path: Path | str = "<audio bytes>"
         opened = io.BytesIO(source)
@@ -39,7 +40,7 @@ def read_audio(source: str | Path | bytes, *, sample_rate_hz: int) -> np.ndarray
         opened = str(path)
     chunks: list[np.ndarray] = []
     try:
-        with av.open(opened) as container:
+        with av.open(opened, mode="r") as container:
             if not container.streams.audio:
                 raise AudioReadError(f"{path}: no audio stream")
             stream = container.streams.audio[0]

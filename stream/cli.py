@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, help="windows per device batch (default 64)")
     p.add_argument("--max-wait-ms", type=float, help="longest wait to fill a batch (default 10)")
     p.add_argument("--workers", type=int, help="batches in flight (default 2)")
-    p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: torch's own choice)")
+    p.add_argument(
+        "--torch-threads", type=int, help="torch intra-op threads (default 1; 0 = torch's default, all cores)"
+    )
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default off)")
     p.add_argument("--tls-cert", type=Path)
     p.add_argument("--tls-key", type=Path)
@@ -222,10 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     b.add_argument("--workers", type=int, default=2)
-    b.add_argument("--torch-threads", type=int, default=0, help="server torch threads (0: torch's default)")
+    b.add_argument(
+        "--torch-threads", type=int, default=None, help="server torch threads (default: serve's, 1)"
+    )
     b.add_argument("--max-batch", type=int, default=64)
     b.add_argument("--max-wait-ms", type=float, default=10.0)
     b.add_argument("--p99-ms", type=float, default=250.0, help="latency budget for 'real time'")
+    b.add_argument(
+        "--sync",
+        action="store_true",
+        help="start all streams at the same instant (worst case) instead of spread over one hop",
+    )
     b.add_argument("--json", action="store_true", help="also print a JSON summary")
     return parser
 

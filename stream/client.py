@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -24,6 +25,9 @@ import numpy as np
 from stream._proto.avsentry.v1 import guard_pb2 as pb
 from stream._proto.avsentry.v1 import guard_pb2_grpc as pb_grpc
 from stream.convert import encode_pcm
+
+if TYPE_CHECKING:
+    from stream.sources import AudioSource
 
 ENCODINGS = {"pcm16": pb.AUDIO_ENCODING_PCM16, "float32": pb.AUDIO_ENCODING_FLOAT32}
 
@@ -88,9 +92,9 @@ class GuardClient:
             ).models
         )
 
-    def check_file(self, path: str | Path, **config: object) -> list[pb.Verdict]:
+    def check_file(self, path: str | Path, **config: Any) -> list[pb.Verdict]:
         """Verdicts for a whole file (sent as bytes; the server decodes it)."""
-        req = pb.CheckAudioRequest(config=make_config(**config), file=Path(path).read_bytes())  # type: ignore[arg-type]
+        req = pb.CheckAudioRequest(config=make_config(**config), file=Path(path).read_bytes())
         return list(self.stub.CheckAudio(req, metadata=self.metadata, timeout=self.timeout_s).verdicts)
 
     def stream(
@@ -100,7 +104,7 @@ class GuardClient:
         sample_rate_hz: int,
         channels: int = 1,
         encoding: str = "pcm16",
-        **config: object,
+        **config: Any,
     ) -> Iterator[pb.Verdict]:
         """Stream ``(frames, channels)`` float32 chunks; yields verdicts as they come back.
 
@@ -112,7 +116,7 @@ class GuardClient:
             raise ValueError(f"encoding must be one of {sorted(ENCODINGS)}")
         cfg = make_config(
             sample_rate_hz=sample_rate_hz, channels=channels, encoding=ENCODINGS[encoding], **config
-        )  # type: ignore[arg-type]
+        )
 
         def requests() -> Iterator[pb.AudioRequest]:
             yield pb.AudioRequest(config=cfg)
@@ -125,17 +129,17 @@ class GuardClient:
         finally:
             call.cancel()
 
-    def stream_source(self, source: object, **config: object) -> Iterator[pb.Verdict]:
+    def stream_source(self, source: AudioSource, **config: Any) -> Iterator[pb.Verdict]:
         """Stream an :class:`~stream.sources.AudioSource` (file or microphone)."""
         return self.stream(
             source.chunks(),
-            sample_rate_hz=source.sample_rate_hz,  # type: ignore[attr-defined]
+            sample_rate_hz=source.sample_rate_hz,
             channels=source.channels,
             **config,
-        )  # type: ignore[attr-defined]
+        )
 
     def stream_file(
-        self, path: str | Path, *, rate: float = 1.0, chunk_ms: int = 100, **config: object
+        self, path: str | Path, *, rate: float = 1.0, chunk_ms: int = 100, **config: Any
     ) -> Iterator[pb.Verdict]:
         """Stream a file at its native rate and channels, paced at ``rate`` x real time
         (``0``: as fast as possible)."""
@@ -148,7 +152,7 @@ class GuardClient:
 def make_config(
     *,
     model: str = "",
-    encoding: int = pb.AUDIO_ENCODING_PCM16,
+    encoding: Any = pb.AUDIO_ENCODING_PCM16,
     sample_rate_hz: int = 0,
     channels: int = 1,
     hop_ms: int = 0,
@@ -165,7 +169,7 @@ def make_config(
         model=model,
         encoding=encoding,
         sample_rate_hz=sample_rate_hz,
-        channels=channels,  # type: ignore[arg-type]
+        channels=channels,
         window_ms=window_ms,
         hop_ms=hop_ms,
         transforms=list(transforms),

@@ -18,7 +18,10 @@ from pipelines.types import Abstain, Certified, Prediction
 from stream._proto.avsentry.v1 import guard_pb2 as pb
 from stream.errors import InvalidRequest
 
-ENCODINGS = {pb.AUDIO_ENCODING_PCM16: ("<i2", 2), pb.AUDIO_ENCODING_FLOAT32: ("<f4", 4)}
+ENCODINGS: dict[int, tuple[str, int]] = {
+    pb.AUDIO_ENCODING_PCM16: ("<i2", 2),
+    pb.AUDIO_ENCODING_FLOAT32: ("<f4", 4),
+}
 MIN_RATE_HZ, MAX_RATE_HZ = 8_000, 192_000
 MAX_CHANNELS = 8
 DEFAULT_HOP_MS = 500

@@ -1,7 +1,8 @@
 """``avsentry bench stream``: verdict latency and capacity under concurrent real-time streams.
 
 Starts ``avsentry serve`` in a subprocess (its own interpreter, as in production), then for each
-stream count N runs N client streams at once, each sending the bundled clean demo clip tiled to
+stream count N runs N client streams at once (their starts spread over one hop, or all in step
+with ``--sync``), each sending the bundled clean demo clip tiled to
 ``--seconds`` of audio in 100 ms chunks paced at real time. For every verdict it records the
 latency from the moment the chunk completing its window was sent to the moment the verdict
 arrived. Prints p50/p95/p99 latency, the real-time factor (wall time from the first chunk to the
@@ -85,10 +86,17 @@ def _one_stream(target: str, audio: np.ndarray, cfg: dict, result: StreamResult,
         result.error = f"{type(e).__name__}: {e}"
 
 
-def run_level(target: str, n: int, audio: np.ndarray, cfg: dict) -> dict:
+def run_level(target: str, n: int, audio: np.ndarray, cfg: dict, *, sync: bool = False) -> dict:
+    """N streams at once. Stream k starts k/N of a hop after the first (arrivals spread over the
+    hop, as independent users' are), or all at the same instant with ``sync`` (the worst case:
+    every stream completes a window at the same moment)."""
     results = [StreamResult() for _ in range(n)]
-    start_at = time.perf_counter() + 0.5
-    threads = [threading.Thread(target=_one_stream, args=(target, audio, cfg, r, start_at)) for r in results]
+    t0 = time.perf_counter() + 0.5
+    starts = [t0 if sync else t0 + 0.5 * k / n for k in range(n)]
+    threads = [
+        threading.Thread(target=_one_stream, args=(target, audio, cfg, r, s))
+        for r, s in zip(results, starts, strict=True)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -133,7 +141,7 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
         "--max-wait-ms",
         str(args.max_wait_ms),
     ]
-    if args.torch_threads:
+    if args.torch_threads is not None:
         cmd += ["--torch-threads", str(args.torch_threads)]
     server = subprocess.Popen(
         cmd,
@@ -154,7 +162,8 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
         audio = _audio(args.seconds)
         print(
             f"# avsentry bench stream: {args.seconds:g} s of speech per stream, {CHUNK_MS} ms chunks at real "
-            f"time, n={args.n}, transforms={cfg.get('transforms', 'model default')}, device={args.device}, "
+            f"time ({'all in step' if args.sync else 'starts spread over one hop'}), n={args.n}, "
+            f"transforms={cfg.get('transforms', 'model default')}, device={args.device}, "
             f"workers={args.workers}, max_batch={args.max_batch}, cpus={os.cpu_count()}",
             flush=True,
         )
@@ -165,7 +174,7 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
         )
         rows = []
         for n in counts:
-            r = run_level(target, n, audio, cfg)
+            r = run_level(target, n, audio, cfg, sync=args.sync)
             rows.append(r)
             print(
                 f"{r['streams']:7d} {r['windows']:7d} {r['lost']:5d} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} "
