@@ -68,17 +68,15 @@ def noisy_copies(z: torch.Tensor, n: int, sigma: float, generator: Generators) -
     ``generator``, or from ``generator[i]`` for item ``i`` when a sequence is given (then an
     item's noise does not depend on the rest of the batch).
     """
-    rep = z.repeat_interleave(n, dim=0)
+    shape = (n, *z.shape[1:])
     if isinstance(generator, torch.Generator):
-        noise = torch.randn(rep.shape, generator=generator, device=z.device, dtype=z.dtype)
+        noise = torch.randn((z.shape[0], *shape), generator=generator, device=z.device, dtype=z.dtype)
     else:
         if len(generator) != z.shape[0]:
             raise ValueError(f"need one generator per item: {len(generator)} for {z.shape[0]}")
-        shape = (n, *z.shape[1:])
-        noise = torch.cat(
-            [torch.randn(shape, generator=g, device=z.device, dtype=z.dtype) for g in generator]
-        )
-    return rep + sigma * noise
+        noise = torch.stack([torch.randn(shape, generator=g, device=z.device, dtype=z.dtype) for g in generator])
+    # in place, broadcasting z over the n copies: no repeated copy of z is materialised
+    return noise.mul_(sigma).add_(z.unsqueeze(1)).view(z.shape[0] * n, *z.shape[1:])
 
 
 @torch.no_grad()

@@ -82,7 +82,8 @@ class GuardService(pb_grpc.GuardServicer):
             settings = convert.settings_from_proto(
                 first.config, manifest, default_detector=manifest.extra.get("detector"), threshold=None
             )
-            detector = self.registry.detector(settings.model, settings.detector)
+            # first use of a model or configuration loads weights and builds codecs: off the loop
+            detector = await asyncio.to_thread(self.registry.detector, settings.model, settings.detector)
             session = StreamSession(
                 input_rate_hz=settings.sample_rate_hz,
                 channels=settings.channels,
@@ -194,7 +195,8 @@ class GuardService(pb_grpc.GuardServicer):
                 max_input_samples=int(self.config.max_stream_s * settings.sample_rate_hz),
             )
             windows = await asyncio.to_thread(lambda: session.push(frames) + session.flush())
-            detector = self.registry.detector(settings.model, settings.detector)
+            # first use of a model or configuration loads weights and builds codecs: off the loop
+            detector = await asyncio.to_thread(self.registry.detector, settings.model, settings.detector)
             futures = [(await self.batcher.submit(detector, w.samples, w.start))[1] for w in windows]
             verdicts = await asyncio.gather(*futures)
             out = pb.CheckAudioResponse()
