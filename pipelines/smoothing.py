@@ -74,7 +74,9 @@ def noisy_copies(z: torch.Tensor, n: int, sigma: float, generator: Generators) -
     else:
         if len(generator) != z.shape[0]:
             raise ValueError(f"need one generator per item: {len(generator)} for {z.shape[0]}")
-        noise = torch.stack([torch.randn(shape, generator=g, device=z.device, dtype=z.dtype) for g in generator])
+        noise = torch.stack(
+            [torch.randn(shape, generator=g, device=z.device, dtype=z.dtype) for g in generator]
+        )
     # in place, broadcasting z over the n copies: no repeated copy of z is materialised
     return noise.mul_(sigma).add_(z.unsqueeze(1)).view(z.shape[0] * n, *z.shape[1:])
 
