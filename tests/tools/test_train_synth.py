@@ -88,9 +88,26 @@ def test_train_command_end_to_end(tmp_path) -> None:
 
     out = tmp_path / "model"
     r = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "train", "--data", str(tmp_path / "clips.npz"), "--out", str(out),
-         "--synth-scale", "0.1", "--steps", "800", "--device", "cpu", "--quiet"],
-        capture_output=True, text=True, timeout=3600,
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "train",
+            "--data",
+            str(tmp_path / "clips.npz"),
+            "--out",
+            str(out),
+            "--synth-scale",
+            "0.1",
+            "--steps",
+            "800",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     card = json.loads((out / "card.json").read_text())
