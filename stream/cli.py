@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--seconds", type=float, default=None, help="stop after this much audio (default: Ctrl-C)")
+    p.add_argument(
+        "--buffer-ms",
+        type=int,
+        default=2000,
+        help="capture queue; the oldest audio is dropped (and counted) past it (default 2000)",
+    )
     add_client_args(p)
 
     p = sub.add_parser("models", help="list the embedded models and their calibration")

@@ -115,7 +115,11 @@ def run_mic(args: argparse.Namespace) -> int:
     with (
         _client(args) as client,
         MicSource(
-            device, sample_rate_hz=args.samplerate, channels=args.channels, max_seconds=args.seconds
+            device,
+            sample_rate_hz=args.samplerate,
+            channels=args.channels,
+            max_seconds=args.seconds,
+            buffer_ms=args.buffer_ms,
         ) as source,
     ):
         print(
@@ -128,6 +132,12 @@ def run_mic(args: argparse.Namespace) -> int:
             _print_verdicts(client.stream_source(source, **_stream_config(args)), as_json=args.json)
         except KeyboardInterrupt:
             pass
+        print(
+            f"avsentry mic: {source.overflows} block(s) dropped because the stream fell behind, "
+            f"{source.input_overflows} input overflow(s) reported by the device",
+            file=sys.stderr,
+            flush=True,
+        )
     return 0
 
 

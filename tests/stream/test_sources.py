@@ -476,3 +476,32 @@ def test_mic_captures_a_real_time_device(pulse_home, tmp_path, rng) -> None:
     x, noise = r["x"][:, 0], played[1600:-1600, 0] / 32768
     start = locate(x, noise)
     np.testing.assert_allclose(x[start : start + PULSE_RATE], noise, rtol=0, atol=1.01 / 32768)
+
+
+def test_mic_command_streams_a_device_to_a_real_server(server, pulse_home, digit_wav) -> None:
+    """`avsentry mic` end to end, in real time: paplay plays spoken digits into the null sink,
+    PortAudio captures its monitor, the CLI streams it to a server on 127.0.0.1, and the
+    verdicts name the digits."""
+    import json
+
+    home, env = pulse_home
+    mic = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "mic", "--input-device", "avs_pulse", "--samplerate",
+         str(PULSE_RATE), "--seconds", "5", "--server", f"127.0.0.1:{server.port}", "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert mic.stderr is not None
+        first = mic.stderr.readline()
+        assert f"capturing 1 channel(s) at {PULSE_RATE} Hz" in first, first
+        subprocess.run(["paplay", "--device=avs", str(digit_wav)], env=env, check=True, timeout=30)
+        out, err = mic.communicate(timeout=60)
+    finally:
+        if mic.poll() is None:
+            mic.kill()
+            mic.communicate()
+    assert mic.returncode == 0, err[-2000:]
+    assert "0 block(s) dropped" in err, err
+    verdicts = [json.loads(line) for line in out.splitlines()]
+    assert {"three", "seven", "one"} <= {v["raw_label"] for v in verdicts}
+    assert not any(v["flagged"] for v in verdicts)
