@@ -288,6 +288,15 @@ def write_model(model: DigitNet, out_dir: Path, card: dict) -> None:
     (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
 
+LIMITATIONS = (
+    "A demonstration model: trained and evaluated on synthetic speech only (espeak-ng, flite, "
+    "festival); accuracy on recorded human speech is not measured. Held-out figures are on voices "
+    "never trained on, but those voices come from the same engines. The model itself is not "
+    "adversarially robust: untargeted L-inf PGD 50 dB below the speech peak changes its answer "
+    "almost always; the avsentry detector, not the model, is the defence."
+)
+
+
 def base_card(model: DigitNet, cfg: TrainConfig, clips: synth.ClipSet) -> dict:
     """Model card fields known after training (accuracy and calibration are added later)."""
     c = model.config
@@ -311,6 +320,7 @@ def base_card(model: DigitNet, cfg: TrainConfig, clips: synth.ClipSet) -> dict:
         },
         "config": c.to_dict(),
         "representations": ["waveform", "spectrogram", "logmel"],
+        "limitations": LIMITATIONS,
         "training": asdict(cfg),
         "data": {
             "recipe": "tools/synth.py plan(): digits by 8 espeak-ng English accents x 101 variants "
