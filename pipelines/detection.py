@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import beta
 
 from pipelines.recognizers.base import SmoothableRecognizer
 from pipelines.smoothing import (
@@ -323,23 +324,42 @@ class Detector:
         )
 
 
-def calibrate_threshold(clean_scores: np.ndarray, target_fpr: float) -> float:
+def calibrate_threshold(
+    clean_scores: np.ndarray, target_fpr: float, *, confidence: float | None = None
+) -> float:
     """Threshold whose false-positive rate on exchangeable clean windows is <= ``target_fpr``.
 
-    Split-conformal choice: the ``ceil((m + 1)(1 - target))``-th smallest of ``m`` clean scores,
-    so ``P(score_new > threshold) <= target_fpr`` for a new clean window from the same
-    distribution.
+    The threshold is the k-th smallest of ``m`` clean scores; the false-positive rate it gives on
+    new clean windows from the same distribution is then ``1 - Beta(k, m + 1 - k)`` distributed
+    over draws of the calibration set.
+
+    - ``confidence=None``: split conformal, ``k = ceil((m + 1)(1 - target))``, so the *expected*
+      false-positive rate is <= ``target_fpr`` (any one calibration set may give more).
+    - ``confidence=c``: training-conditional split conformal (Vovk, 2012): the smallest ``k`` with
+      ``P(FPR > target_fpr) <= 1 - c``, i.e. the rate stays under the target with probability
+      ``c`` over calibration sets. Needs ``m > log(1 - c) / log(1 - target)`` scores (299 for
+      95 % and 1 %).
 
     Raises:
-        ValueError: too few scores for the target (needs ``m >= 1/target - 1``).
+        ValueError: too few scores for the target and confidence.
     """
     s = np.sort(np.asarray(clean_scores, dtype=np.float64))
     if not 0 < target_fpr < 1:
         raise ValueError(f"target_fpr must be in (0, 1), got {target_fpr}")
     m = len(s)
-    k = math.ceil((m + 1) * (1 - target_fpr))
+    if confidence is None:
+        k = math.ceil((m + 1) * (1 - target_fpr))
+    else:
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        ranks = np.arange(1, m + 1)
+        # P(coverage < 1 - target) for each rank; it falls as the rank grows
+        too_low = beta.cdf(1 - target_fpr, ranks, m + 1 - ranks)
+        ok = np.flatnonzero(too_low <= 1 - confidence)
+        k = int(ranks[ok[0]]) if ok.size else m + 1
     if k > m:
-        raise ValueError(f"{m} clean windows are too few for a {target_fpr:.2%} target FPR")
+        how = "" if confidence is None else f" at {confidence:.0%} confidence"
+        raise ValueError(f"{m} clean windows are too few for a {target_fpr:.2%} target FPR{how}")
     return float(s[k - 1])
 
 

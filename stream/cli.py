@@ -178,10 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="synthesise data and train the default digit recognizer",
         description="Reproduce the embedded digits model: synthesise the corpus with "
-        "espeak-ng, flite and festival (if --data is absent), train, evaluate on held-out "
+        "espeak-ng, flite and festival's English, Italian, Czech and Finnish voices (if --data "
+        "is absent or was made by another recipe), train, evaluate on held-out "
         "voices, export ONNX, calibrate the detector and write a model card.",
     )
-    p.add_argument("--data", type=Path, default=Path("data/synth/clips.npz"), help="corpus (built if absent)")
+    p.add_argument(
+        "--data", type=Path, default=Path("data/synth/clips.npz"), help="corpus (built if absent or stale)"
+    )
     p.add_argument("--out", type=Path, default=Path("runs/digits"), help="output directory")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 5000)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per step (default 128)")
@@ -202,14 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="calibrate the detector threshold on held-out clean audio",
         description="Score held-out clean windows (digits, other speech, background) with "
         "the detector, set the threshold for a target false-positive rate on one half of "
-        "the held-out voices, measure the FPR on the other half, and store both in the "
-        "model card.",
+        "the held-out voices (per group of digits, other speech and background, each held "
+        "at the target with --confidence), measure the FPR on the other half, and store both "
+        "in the model card.",
     )
     p.add_argument(
         "--card", type=Path, required=True, help="card.json to update (e.g. runs/digits/card.json)"
     )
     p.add_argument("--data", type=Path, default=Path("data/synth/clips.npz"))
-    p.add_argument("--target-fpr", type=float, default=0.01)
+    p.add_argument(
+        "--target-fpr", type=float, default=0.01, help="false-positive rate to hold (default 0.01)"
+    )
+    p.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="probability that each group's FPR stays at or under the target over calibration "
+        "sets (default 0.95; 0: only its expectation, plain split conformal)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     _add_detector_args(p)

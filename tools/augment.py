@@ -10,21 +10,50 @@ SpecAugment (Park et al., 2019) masks are applied on log-mel features in :mod:`t
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy.signal import butter, fftconvolve, sosfilt
 
 SAMPLE_RATE_HZ = 16_000
 
 
-def coloured_noise(rng: np.random.Generator, n: int, colour: str) -> np.ndarray:
-    """Unit-RMS noise with a 1/f^a spectrum: white (a=0), pink (a=1), brown (a=2)."""
-    alpha = {"white": 0.0, "pink": 1.0, "brown": 2.0}[colour]
-    spec = np.fft.rfft(rng.standard_normal(n))
+_NOISE_BANK_ROWS = 256
+_NOISE_ALPHA = {"white": 0.0, "pink": 1.0, "brown": 2.0}
+
+
+@lru_cache(maxsize=8)
+def _noise_bank(n: int, colour: str) -> np.ndarray:
+    """``(_NOISE_BANK_ROWS, n)`` unit-RMS rows of 1/f^a noise, made once per length and colour
+    from a fixed seed. Each row is one period of an inverse real FFT, so any circular shift of
+    it is another draw with exactly the same spectrum."""
+    alpha = _NOISE_ALPHA[colour]
+    rng = np.random.default_rng([n, int(alpha)])
+    spec = np.fft.rfft(rng.standard_normal((_NOISE_BANK_ROWS, n)), axis=1)
     f = np.fft.rfftfreq(n)
     f[0] = f[1]
-    spec = spec / f ** (alpha / 2)
-    x = np.fft.irfft(spec, n)
-    return (x / (np.sqrt(np.mean(x**2)) + 1e-12)).astype(np.float32)
+    x = np.fft.irfft(spec / f ** (alpha / 2), n, axis=1)
+    x /= np.sqrt(np.mean(x**2, axis=1, keepdims=True)) + 1e-12
+    bank = x.astype(np.float32)
+    bank.flags.writeable = False
+    return bank
+
+
+def coloured_noise(rng: np.random.Generator, n: int, colour: str) -> np.ndarray:
+    """Unit-RMS noise with a 1/f^a spectrum: white (a=0), pink (a=1), brown (a=2).
+
+    A random row of a per-length bank (:func:`_noise_bank`), circularly shifted and signed at
+    random: no FFT per call, which made noise the largest cost of a training batch.
+    """
+    if colour not in _NOISE_ALPHA:
+        raise ValueError(f"noise colour must be one of {sorted(_NOISE_ALPHA)}, got {colour!r}")
+    row = _noise_bank(n, colour)[rng.integers(_NOISE_BANK_ROWS)]
+    return np.roll(row, int(rng.integers(n))) * np.float32(rng.choice((-1.0, 1.0)))
+
+
+@lru_cache(maxsize=256)
+def _lowpass(cutoff_hz: int) -> np.ndarray:
+    return butter(4, cutoff_hz, btype="low", fs=SAMPLE_RATE_HZ, output="sos")
 
 
 def background(rng: np.random.Generator, n: int = SAMPLE_RATE_HZ) -> np.ndarray:
@@ -112,8 +141,8 @@ def degrade(rng: np.random.Generator, batch: np.ndarray, *, noise_prob: float = 
             if rng.random() < 0.5:
                 x[i] = mu_law(x[i])
         elif r < 0.35:
-            cutoff = float(rng.uniform(2000, 7000))
-            x[i] = sosfilt(butter(4, cutoff, btype="low", fs=SAMPLE_RATE_HZ, output="sos"), x[i])
+            cutoff_hz = 50 * int(rng.uniform(2000, 7000) / 50)  # designs cached on a 50 Hz grid
+            x[i] = sosfilt(_lowpass(cutoff_hz), x[i])
     return np.clip(x, -1, 1, out=x)
 
 

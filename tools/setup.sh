@@ -17,7 +17,10 @@ for arg in "$@"; do
   esac
 done
 
+# festival voices of other languages speak accented English digits (tools/data/accented_voices.toml)
 apt_packages=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+              festvox-italp16k festvox-itapc16k festvox-czech-dita festvox-czech-krb festvox-czech-machac
+              festvox-czech-ph festvox-suopuhe-lj festvox-suopuhe-mv
               sox libportaudio2 python3-venv pulseaudio pulseaudio-utils libasound2-plugins openssl)
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -2,8 +2,10 @@
 
 The data set is made here, from three Debian speech engines, so nothing is downloaded:
 espeak-ng (8 English accents x 101 voice variants, formant synthesis), flite (5 CMU voices,
-diphone/clustergen) and festival (2 diphone voices and one HTS voice). A model trained on one
-engine transfers badly to another, hence all three. Whole voices are held out for evaluation,
+diphone/clustergen) and festival (2 diphone voices and one HTS voice), plus festival's Italian,
+Czech and Finnish voices reading respelled English digits (engine ``"accented"``, training only:
+more natural speakers, female and child ones among them, than the English voices offer). A model
+trained on one engine transfers badly to another, hence all of them. Whole voices are held out for evaluation,
 calibration and the FPR measurement, so held-out figures measure generalisation to unseen voices.
 
 Classes follow AudioMNIST / Speech Commands: ``zero`` ... ``nine``, ``_background_`` (made
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
 import tempfile
+import tomllib
 import wave
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,12 +56,46 @@ ESPEAK_ACCENTS = (
 )
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+# Training voices whose pitch follows festival's linear-regression intonation targets
+# (``int_lr_params``): their renditions get a random F0 mean and spread. The HTS voice ignores
+# them; the held-out ked_diphone keeps its own pitch, so the held-out set is unchanged.
+FESTIVAL_LR_INTONATION = frozenset({"kal_diphone"})
 
 # Whole voices kept out of training. espeak-ng: every variant whose name hashes into the
 # held-out bucket (about 1 in 7), under all accents.
 HELDOUT_FLITE = frozenset({"rms"})
 HELDOUT_FESTIVAL = frozenset({"ked_diphone"})
 REQUIRED_PROGRAMS = ("espeak-ng", "flite", "festival")
+# Engines rendered by festival: its English voices, and its voices of other languages reading
+# respelled English digits (``tools/data/accented_voices.toml``; training only).
+FESTIVAL_ENGINES = ("festival", "accented")
+FESTIVAL_VOICE_ROOT = Path("/usr/share/festival/voices")  # Debian's layout
+# English words (from unknown_words.txt) each accented voice reads by its own rules as "_unknown_".
+ACCENTED_ENGLISH_WORDS = 40
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccentedLanguage:
+    """A language whose festival voices speak accented English digits (see the TOML file)."""
+
+    name: str
+    voices: tuple[str, ...]
+    digits: tuple[str, ...]
+    phrases: tuple[str, ...]
+
+
+def accented_languages() -> list[AccentedLanguage]:
+    """The bundled ``accented_voices.toml``, checked: ten ASCII digit respellings per language."""
+    text = resources.files("tools").joinpath("data", "accented_voices.toml").read_text(encoding="utf-8")
+    out = []
+    for name, d in tomllib.loads(text).items():
+        lang = AccentedLanguage(
+            name=name, voices=tuple(d["voices"]), digits=tuple(d["digits"]), phrases=tuple(d["phrases"])
+        )
+        if len(lang.digits) != len(DIGITS) or not all(t.isascii() for t in (*lang.digits, *lang.phrases)):
+            raise ValueError(f"accented_voices.toml [{name}]: need {len(DIGITS)} ASCII digit spellings")
+        out.append(lang)
+    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,7 +105,8 @@ class Utterance:
     Attributes:
         text: What is said.
         label: Class name (a digit, or ``_unknown_``).
-        engine: ``"espeak"``, ``"flite"`` or ``"festival"``.
+        engine: ``"espeak"``, ``"flite"``, ``"festival"`` (English voices) or ``"accented"``
+            (festival voices of other languages).
         voice: Engine-specific voice name (``"en-us+Alex"``, ``"slt"``...).
         params: Engine parameters (speed, pitch, duration stretch...).
     """
@@ -92,12 +131,17 @@ def is_heldout_voice(engine: str, voice: str) -> bool:
         return voice in HELDOUT_FLITE
     if engine == "festival":
         return voice in HELDOUT_FESTIVAL
+    if engine == "accented":
+        return False
     raise ValueError(f"unknown engine {engine!r}")
 
 
 def missing_programs() -> list[str]:
-    """The speech engines not found on PATH (``tools/setup.sh`` installs them)."""
-    return [p for p in REQUIRED_PROGRAMS if shutil.which(p) is None]
+    """The speech engines and festival voices not installed (``tools/setup.sh`` installs them)."""
+    missing = [p for p in REQUIRED_PROGRAMS if shutil.which(p) is None]
+    voices = [*FESTIVAL_VOICES, *(v for lang in accented_languages() for v in lang.voices)]
+    installed = {d.name for d in FESTIVAL_VOICE_ROOT.glob("*/*")} if FESTIVAL_VOICE_ROOT.is_dir() else set()
+    return missing + [f"festival voice {v}" for v in voices if v not in installed]
 
 
 def espeak_variants() -> list[str]:
@@ -188,6 +232,13 @@ def _festival_batch(items: Sequence[Utterance]) -> list[np.ndarray]:
                 lines.append(f"(voice_{u.voice})")
                 voice = u.voice
             lines.append(f"(Parameter.set 'Duration_Stretch {u.params.get('duration_stretch', 1.0):.3f})")
+            if "f0_mean" in u.params:
+                # The model statistics are the ones both CMU diphone voices ship with.
+                lines.append(
+                    f"(set! int_lr_params '((target_f0_mean {u.params['f0_mean']:.1f}) "
+                    f"(target_f0_std {u.params.get('f0_std', 14.0):.1f}) "
+                    "(model_f0_mean 170) (model_f0_std 34)))"
+                )
             text = u.text.replace('"', "")
             lines.append(f'(utt.save.wave (utt.synth (Utterance Text "{text}")) "{tmp}/{i}.wav" \'riff)')
         script = Path(tmp) / "batch.scm"
@@ -213,22 +264,23 @@ def synthesize(
         RuntimeError: a speech engine is missing (run ``tools/setup.sh``).
     """
     needed = {u.engine for u in utterances}
-    names = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival"}
-    absent = [names[e] for e in sorted(needed) if shutil.which(names[e]) is None]
+    names = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival", "accented": "festival"}
+    unknown = needed - names.keys()
+    if unknown:
+        raise ValueError(f"unknown engine(s) {sorted(unknown)}; expected one of {sorted(names)}")
+    absent = sorted({names[e] for e in needed if shutil.which(names[e]) is None})
     if absent:
         raise RuntimeError(f"speech engine(s) not installed: {', '.join(absent)} (run tools/setup.sh)")
     workers = workers or os.cpu_count() or 1
     results: list[np.ndarray | None] = [None] * len(utterances)
     jobs: list[tuple[list[int], Callable[[], list[np.ndarray]]]] = []
-    fest = [i for i, u in enumerate(utterances) if u.engine == "festival"]
+    fest = [i for i, u in enumerate(utterances) if u.engine in FESTIVAL_ENGINES]
     for start in range(0, len(fest), 64):
         idx = fest[start : start + 64]
         jobs.append((idx, partial(_festival_batch, [utterances[i] for i in idx])))
     for i, u in enumerate(utterances):
         if u.engine in ("espeak", "flite"):
             jobs.append(([i], partial(_render_one, _espeak if u.engine == "espeak" else _flite, u)))
-        elif u.engine != "festival":
-            raise ValueError(f"unknown engine {u.engine!r}")
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
         tqdm(total=len(utterances), desc="synthesising", unit="clip", disable=not progress) as bar,
@@ -255,6 +307,7 @@ def plan(
         words / phrases: ``_unknown_`` texts; default the bundled lists.
     """
     rng = np.random.default_rng(seed)
+    f0_rng = np.random.default_rng([seed, 1])
     words = list(words) if words is not None else read_word_list("unknown_words.txt")
     phrases = list(phrases) if phrases is not None else read_word_list("phrases.txt")
     variants = espeak_variants()
@@ -275,6 +328,10 @@ def plan(
 
     def festival(text: str, label: str, voice: str) -> Utterance:
         params = {"duration_stretch": float(rng.uniform(0.8, 1.3))}
+        if voice in FESTIVAL_LR_INTONATION:
+            # Drawn from their own stream so the other draws stay as in earlier recipes.
+            params["f0_mean"] = float(f0_rng.uniform(80, 180))
+            params["f0_std"] = float(f0_rng.uniform(8, 30))
         return Utterance(text=text, label=label, engine="festival", voice=voice, params=params)
 
     chosen_pairs = [p for p in pairs if rng.random() < scale]
@@ -288,11 +345,44 @@ def plan(
             out.append(espeak(text, UNKNOWN, str(p)))
         out += [flite(text, UNKNOWN, v) for v in FLITE_VOICES]
         out += [festival(text, UNKNOWN, v) for v in FESTIVAL_VOICES]
+    # Accented voices come last and draw from their own stream: the clips above (the held-out
+    # ones included) are the same as in recipes without them.
+    acc_rng = np.random.default_rng([seed, 2])
+
+    def accented(text: str, label: str, voice: str) -> Utterance:
+        params = {"duration_stretch": float(acc_rng.uniform(0.8, 1.3))}
+        return Utterance(text=text, label=label, engine="accented", voice=voice, params=params)
+
+    n_english = max(1, round(ACCENTED_ENGLISH_WORDS * scale))
+    for lang in accented_languages():
+        for v in lang.voices:
+            out += [accented(t, d, v) for d, t in zip(DIGITS, lang.digits, strict=True) for _ in range(reps)]
+            phrases_v = lang.phrases[: max(1, round(len(lang.phrases) * scale))]
+            texts = [*phrases_v, *acc_rng.choice(words, size=min(n_english, len(words)), replace=False)]
+            out += [accented(str(t), UNKNOWN, v) for t in texts]
     return out
 
 
-def save(path: Path, utterances: Sequence[Utterance], clips: Sequence[np.ndarray]) -> None:
-    """Write clips + metadata to one ``.npz`` (int16 audio, concatenated)."""
+def recipe_id(utterances: Sequence[Utterance]) -> str:
+    """A fingerprint of a plan (every text, label, voice and parameter), stored with the corpus
+    so a corpus made by another recipe, seed or scale is noticed instead of silently reused."""
+    h = hashlib.sha256()
+    for u in utterances:
+        h.update(json.dumps([u.text, u.label, u.engine, u.voice, sorted(u.params.items())]).encode())
+    return h.hexdigest()[:16]
+
+
+def stored_recipe(path: Path) -> str | None:
+    """The recipe fingerprint saved in a corpus file (None for files from before fingerprints)."""
+    with np.load(path) as z:
+        return str(z["recipe"]) if "recipe" in z.files else None
+
+
+def save(
+    path: Path, utterances: Sequence[Utterance], clips: Sequence[np.ndarray], *, recipe: str = ""
+) -> None:
+    """Write clips + metadata to one ``.npz`` (int16 audio, concatenated) with the plan's
+    fingerprint ``recipe``."""
     lengths = np.array([len(c) for c in clips], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     audio = np.concatenate([np.clip(c, -1, 1) for c in clips]) if clips else np.zeros(0)
@@ -306,6 +396,7 @@ def save(path: Path, utterances: Sequence[Utterance], clips: Sequence[np.ndarray
         voice=np.array([u.voice for u in utterances]),
         text=np.array([u.text for u in utterances]),
         heldout=np.array([u.heldout for u in utterances]),
+        recipe=np.array(recipe),
     )
 
 
@@ -359,7 +450,7 @@ def build(
     utts = plan(seed=seed, scale=scale)
     clips = synthesize(utts, workers=workers, progress=progress)
     keep = [i for i, c in enumerate(clips) if len(c) > SAMPLE_RATE_HZ // 20]
-    save(path, [utts[i] for i in keep], [clips[i] for i in keep])
+    save(path, [utts[i] for i in keep], [clips[i] for i in keep], recipe=recipe_id(utts))
     return load(path)
 
 
@@ -367,5 +458,5 @@ def summarize(clips: ClipSet) -> Iterable[str]:
     """Human-readable counts per split and engine."""
     for held in (False, True):
         m = clips.heldout == held
-        engines = {e: int(np.sum(m & (clips.engine == e))) for e in np.unique(clips.engine)}
-        yield f"{'held-out' if held else 'train'}: {int(m.sum())} clips {engines}"
+        engines = ", ".join(f"{e} {int(np.sum(m & (clips.engine == e)))}" for e in np.unique(clips.engine))
+        yield f"{'held-out' if held else 'train'}: {int(m.sum())} clips ({engines})"

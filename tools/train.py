@@ -10,11 +10,12 @@ et al. 2019), evaluates on held-out voices and writes weights, an ONNX export an
 from __future__ import annotations
 
 import json
+import math
 import queue
 import threading
 import time
-from collections.abc import Generator
-from dataclasses import asdict, dataclass
+from collections.abc import Generator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,24 +40,47 @@ class TrainConfig:
     label_smoothing: float = 0.05
     feature_noise_sigma: float = 0.25
     feature_noise_prob: float = 0.5
-    unknown_weight: float = 1.0
+    unknown_weight: float = 1.5
     freq_warp: float = 0.15
+    # Slow renditions of short digits were read as "_unknown_" (held-out flite rms "two" and
+    # "nine" at duration stretch > 1): tempo changes without pitch change teach length invariance.
+    time_stretch: float = 1.3
     tilt_db: float = 6.0
+    ema_decay: float = 0.999
+    # Share of each engine in a class's windows: the accented voices add speakers without
+    # crowding out the English ones.
+    engine_weights: dict[str, float] = field(
+        default_factory=lambda: {"espeak": 1.0, "flite": 1.0, "festival": 1.0, "accented": 0.5}
+    )
     seed: int = 0
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("steps must be >= 1 and batch_size >= 2")
+        if self.time_stretch < 1.0:
+            raise ValueError("time_stretch must be >= 1 (1 disables it)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("ema_decay must be in [0, 1) (0 disables the weight average)")
 
 
 class BatchSampler:
     """Class-balanced, engine-balanced windows from the training clips, augmented."""
 
-    def __init__(self, clips: synth.ClipSet, *, seed: int, unknown_weight: float = 2.0) -> None:
+    def __init__(
+        self,
+        clips: synth.ClipSet,
+        *,
+        seed: int,
+        unknown_weight: float = 2.0,
+        engine_weights: Mapping[str, float] | None = None,
+    ) -> None:
+        """``engine_weights``: relative share of each engine within a class (default 1 each)."""
         self.clips = clips
+        weights = dict(engine_weights or {})
         self.rng = np.random.default_rng(seed)
         self.by_class: dict[str, dict[str, np.ndarray]] = {}
+        self.engine_p: dict[str, np.ndarray] = {}
         for label in synth.LABELS:
             if label == synth.BACKGROUND:
                 continue
@@ -64,11 +88,21 @@ class BatchSampler:
             engines = {str(e): np.flatnonzero(m & (clips.engine == e)) for e in np.unique(clips.engine[m])}
             if engines:
                 self.by_class[label] = engines
+                p = np.array([weights.get(e, 1.0) for e in engines], dtype=np.float64)
+                if (p < 0).any() or p.sum() <= 0:
+                    raise ValueError(f"engine weights must be >= 0 with a positive sum, got {weights}")
+                self.engine_p[label] = p / p.sum()
         missing = [lb for lb in synth.LABELS if lb != synth.BACKGROUND and lb not in self.by_class]
         if missing:
             raise ValueError(f"training clips lack classes: {missing}")
         w = np.array([unknown_weight if lb == synth.UNKNOWN else 1.0 for lb in synth.LABELS])
         self.class_p = w / w.sum()
+
+    def pick(self, label: str) -> int:
+        """A random training clip of ``label``: an engine by its weight, then a clip of it."""
+        engines = self.by_class[label]
+        pool = engines[list(engines)[self.rng.choice(len(engines), p=self.engine_p[label])]]
+        return int(self.rng.choice(pool))
 
     def windows(self, n: int, *, degrade: bool = True) -> tuple[np.ndarray, np.ndarray]:
         rng = self.rng
@@ -79,9 +113,7 @@ class BatchSampler:
             if label == synth.BACKGROUND:
                 xs[i] = augment.background(rng)
                 continue
-            engines = self.by_class[label]
-            pool = engines[list(engines)[rng.integers(len(engines))]]
-            xs[i] = augment.place(rng, self.clips.clip(int(rng.choice(pool))))
+            xs[i] = augment.place(rng, self.clips.clip(self.pick(label)))
         if degrade:
             speech = ys != synth.LABELS.index(synth.BACKGROUND)
             xs[speech] = augment.degrade(rng, xs[speech])
@@ -117,24 +149,27 @@ def heldout_windows(clips: synth.ClipSet, *, seed: int = 1, per_clip: int = 1) -
     """
     rng = np.random.default_rng(seed)
     held = np.flatnonzero(clips.heldout)
-    xs, ys, engines, voices = [], [], [], []
+    xs, ys, engines, voices, texts = [], [], [], [], []
     for i in held:
         for _ in range(per_clip):
             xs.append(augment.place(rng, clips.clip(int(i)), speed=False))
             ys.append(synth.LABELS.index(str(clips.label[i])))
             engines.append(str(clips.engine[i]))
             voices.append(str(clips.voice[i]))
+            texts.append(str(clips.text[i]))
     n_bg = max(1, len(xs) // 12)
     for _ in range(n_bg):
         xs.append(augment.background(rng))
         ys.append(synth.LABELS.index(synth.BACKGROUND))
         engines.append("procedural")
         voices.append("background")
+        texts.append("")
     return {
         "x": np.stack(xs).astype(np.float32),
         "y": np.array(ys, dtype=np.int64),
         "engine": np.array(engines),
         "voice": np.array(voices),
+        "text": np.array(texts),
     }
 
 
@@ -192,6 +227,26 @@ def freq_warp(mag: torch.Tensor, max_warp: float, gen: torch.Generator) -> torch
     return take(lo) * (1 - w) + take(hi) * w
 
 
+def time_stretch(mag: torch.Tensor, max_stretch: float, gen: torch.Generator) -> torch.Tensor:
+    """Random tempo change of a magnitude spectrogram ``(batch, freqs, frames)``: the frames are
+    resampled around each example's energy centroid by a log-uniform factor in
+    ``[1/max_stretch, max_stretch]`` (> 1 is slower), so a word gets longer or shorter with its
+    pitch and formants unchanged (speed perturbation changes all three). Frames beyond the
+    window repeat the edge frame. ``max_stretch`` 1 leaves the input as it is."""
+    b, n_freq, frames = mag.shape
+    log_s = (torch.rand(b, 1, generator=gen) * 2 - 1) * math.log(max_stretch)
+    s = log_s.exp().to(mag.device)
+    t = torch.arange(frames, device=mag.device, dtype=mag.dtype)[None, :]
+    energy = mag.square().sum(1)
+    c = (energy * t).sum(1, keepdim=True) / energy.sum(1, keepdim=True).clamp_min(1e-12)
+    pos = (c + (t - c) / s).clamp(0, frames - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=frames - 1)
+    w = (pos - lo)[:, None, :]
+    take = lambda idx: mag.gather(2, idx[:, None, :].expand(-1, n_freq, -1))  # noqa: E731
+    return take(lo) * (1 - w) + take(hi) * w
+
+
 def spectral_tilt(mag: torch.Tensor, max_db: float, gen: torch.Generator) -> torch.Tensor:
     """Random smooth equalisation (timbre / channel colour): a gain curve of three random
     cosines over the frequency axis, up to ``max_db`` dB, per example."""
@@ -219,6 +274,29 @@ def spec_augment(f: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return f.masked_fill(fmask[:, :, None] | tmask[:, None, :], 0.0)
 
 
+class WeightAverage:
+    """Exponential moving average of a model's weights and floating-point buffers (BatchNorm
+    statistics), with the usual warm-up ``decay_t = min(decay, (1 + t) / (10 + t))`` so short
+    runs are not dominated by the initial weights."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.steps = 0
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        current = model.state_dict()
+        keys = list(self.state)
+        torch._foreach_lerp_([self.state[k] for k in keys], [current[k].detach() for k in keys], 1.0 - d)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Load the averaged tensors into ``model`` (integer buffers keep the model's values)."""
+        model.load_state_dict({**model.state_dict(), **self.state})
+
+
 def train(
     clips: synth.ClipSet,
     cfg: TrainConfig,
@@ -226,16 +304,23 @@ def train(
     model_config: DigitNetConfig | None = None,
     progress: bool = True,
 ) -> tuple[DigitNet, dict]:
-    """Train on the non-held-out clips. Returns the model (eval mode, CPU) and a log dict."""
+    """Train on the non-held-out clips. Returns the model (eval mode, CPU) and a log dict.
+
+    The returned weights are an exponential moving average of the trained ones (decay
+    ``cfg.ema_decay``, BatchNorm statistics included), unless the decay is 0.
+    """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_clips = clips.select(~clips.heldout)
-    sampler = BatchSampler(train_clips, seed=cfg.seed, unknown_weight=cfg.unknown_weight)
+    sampler = BatchSampler(
+        train_clips, seed=cfg.seed, unknown_weight=cfg.unknown_weight, engine_weights=cfg.engine_weights
+    )
     model = DigitNet(model_config or DigitNetConfig(n_classes=len(synth.LABELS)))
     fit_normalisation(model, sampler)
     model.to(cfg.device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     losses: list[float] = []
     t0 = time.perf_counter()
     batches = sampler.stream(cfg.batch_size)
@@ -244,7 +329,8 @@ def train(
             xb, yb = next(batches)
             x = torch.from_numpy(xb).to(cfg.device)
             y = torch.from_numpy(yb).to(cfg.device)
-            mag = spectral_tilt(freq_warp(model.magnitude(x), cfg.freq_warp, gen), cfg.tilt_db, gen)
+            mag = freq_warp(model.magnitude(x), cfg.freq_warp, gen)
+            mag = spectral_tilt(time_stretch(mag, cfg.time_stretch, gen), cfg.tilt_db, gen)
             f = spec_augment(model.logmel_from_magnitude(mag), gen)
             noisy = torch.rand(len(f), 1, 1, generator=gen).to(cfg.device) < cfg.feature_noise_prob
             noise = torch.randn(f.shape, generator=gen).to(cfg.device) * cfg.feature_noise_sigma
@@ -254,11 +340,15 @@ def train(
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update(model)
             losses.append(loss.item())
             if step % 25 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
             bar.update(1)
     batches.close()
+    if ema is not None:
+        ema.copy_to(model)
     model.cpu().eval()
     return model, {"seconds": time.perf_counter() - t0, "final_loss": float(np.mean(losses[-100:]))}
 
@@ -280,18 +370,47 @@ def export_onnx(model: DigitNet, path: Path) -> None:
     )
 
 
-def write_model(model: DigitNet, out_dir: Path, card: dict) -> None:
-    """Write ``model.pt`` (state dict), ``model.onnx`` and ``card.json`` into ``out_dir``."""
+@torch.no_grad()
+def onnx_agreement(model: DigitNet, onnx_path: Path, x: np.ndarray, *, batch: int = 256) -> dict:
+    """Compare the torch model with its ONNX export (ONNX Runtime, CPU) on windows ``x``
+    ``(n, samples)``: share of equal top-1 labels and the largest softmax difference."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    model.eval()
+    agree, diff = 0, 0.0
+    for s in range(0, len(x), batch):
+        xb = np.ascontiguousarray(x[s : s + batch], dtype=np.float32)
+        p_torch = model(torch.from_numpy(xb)).softmax(1).numpy()
+        p_onnx = torch.from_numpy(np.asarray(session.run(None, {name: xb})[0])).softmax(1).numpy()
+        agree += int(np.sum(p_torch.argmax(1) == p_onnx.argmax(1)))
+        diff = max(diff, float(np.abs(p_torch - p_onnx).max()))
+    return {"top1_agreement": agree / max(len(x), 1), "max_abs_prob_diff": diff, "n_windows": int(len(x))}
+
+
+def write_model(
+    model: DigitNet, out_dir: Path, card: dict, *, check_windows: np.ndarray | None = None
+) -> None:
+    """Write ``model.pt`` (state dict), ``model.onnx`` and ``card.json`` into ``out_dir``.
+
+    With ``check_windows`` ``(n, samples)``, the export is compared with the torch model on them
+    (:func:`onnx_agreement`) and the result stored in the card as ``onnx_agreement``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out_dir / "model.pt")
     export_onnx(model, out_dir / "model.onnx")
+    if check_windows is not None:
+        card["onnx_agreement"] = onnx_agreement(model, out_dir / "model.onnx", check_windows)
     (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
 
 LIMITATIONS = (
     "A demonstration model: trained and evaluated on synthetic speech only (espeak-ng, flite, "
-    "festival); accuracy on recorded human speech is not measured. Held-out figures are on voices "
-    "never trained on, but those voices come from the same engines. The model itself is not "
+    "festival); accuracy on recorded human speech is not measured. Held-out figures are on English "
+    "voices never trained on, but those voices come from the same engines. The model itself is not "
     "adversarially robust: untargeted L-inf PGD 50 dB below the speech peak changes its answer "
     "almost always; the avsentry detector, not the model, is the defence."
 )
@@ -300,11 +419,16 @@ LIMITATIONS = (
 def base_card(model: DigitNet, cfg: TrainConfig, clips: synth.ClipSet) -> dict:
     """Model card fields known after training (accuracy and calibration are added later)."""
     c = model.config
+    n_words = len(synth.read_word_list("unknown_words.txt"))
+    n_phrases = len(synth.read_word_list("phrases.txt"))
+    langs = synth.accented_languages()
+    n_accented = sum(len(lang.voices) for lang in langs)
     return {
         "name": "digits",
         "version": 1,
         "description": "Spoken digits zero..nine plus _background_ and _unknown_ (other speech), "
-        "trained on speech synthesised offline by espeak-ng, flite and festival.",
+        "trained on speech synthesised offline by espeak-ng, flite and festival (English voices, "
+        "and Italian, Czech and Finnish voices reading respelled English digits).",
         "modality": "audio",
         "architecture": "DigitNet (log-mel front end + temporal-conv ResNet)",
         "parameters": int(sum(p.numel() for p in model.parameters())),
@@ -326,12 +450,20 @@ def base_card(model: DigitNet, cfg: TrainConfig, clips: synth.ClipSet) -> dict:
             "recipe": "tools/synth.py plan(): digits by 8 espeak-ng English accents x 101 variants "
             "(random speed 120-220 wpm, pitch 15-85), flite kal/kal16/awb/rms/slt and festival "
             "kal_diphone/ked_diphone/cmu_us_slt_arctic_hts (16 renditions each, duration stretch "
-            "0.8-1.3); _unknown_: 224 other words and 50 everyday phrases (1 s crops), none "
-            "sounding like a digit; "
+            "0.8-1.3, flite F0 target 85-230 Hz, festival kal_diphone F0 mean 80-180 Hz with spread "
+            f"8-30 Hz); _unknown_: {n_words} other words and {n_phrases} everyday phrases (1 s "
+            "crops), none sounding like a digit (tools/data/unknown_words.txt, phrases.txt); "
+            f"accented (training only): {n_accented} festival voices of "
+            f"{', '.join(lang.name.capitalize() for lang in langs)} read the digits respelled in "
+            "their own orthography (16 renditions each) and, as _unknown_, phrases of their "
+            f"language and {synth.ACCENTED_ENGLISH_WORDS} English words by their own rules "
+            "(tools/data/accented_voices.toml); "
             "_background_: procedural silence/noise/hum/tones/clicks.",
             "augmentation": "speed x0.85-1.15, gain, reverb (p=0.3), noise 5-30 dB SNR (p=0.8), "
             "telephone band-pass 300-3400 Hz with mu-law (p=0.15), low-pass 2-7 kHz (p=0.2), "
-            "vocal-tract-length warp +-15 %, random spectral tilt +-6 dB, SpecAugment, "
+            f"vocal-tract-length warp +-{cfg.freq_warp:.0%}, tempo change x1/{cfg.time_stretch:g}-"
+            f"x{cfg.time_stretch:g} on the spectrogram, random spectral tilt +-{cfg.tilt_db:g} dB, "
+            "SpecAugment, weight average (EMA) of the trained weights, "
             "Gaussian noise on normalized log-mel "
             "(sigma 0.25, p=0.5)",
             "heldout_voices": "flite rms, festival ked_diphone, espeak-ng variants with "
@@ -349,11 +481,22 @@ def run(
     synth_scale: float = 1.0,
     progress: bool = True,
 ) -> dict:
-    """The whole recipe: synthesise if needed, train, evaluate on held-out voices, export.
+    """The whole recipe: synthesise the corpus if it is absent or was made by another recipe
+    (:func:`tools.synth.recipe_id`), train, evaluate on held-out voices, export.
 
     Returns the model card written to ``out_dir/card.json``.
     """
-    if not data.exists():
+    fresh = data.exists()
+    if fresh:
+        want = synth.recipe_id(synth.plan(seed=cfg.seed, scale=synth_scale))
+        have = synth.stored_recipe(data)
+        if have != want:
+            fresh = False
+            print(
+                f"{data} was made by another recipe, seed or --synth-scale "
+                f"(fingerprint {have or 'none'}, this recipe {want}): synthesising it again"
+            )
+    if not fresh:
         missing = synth.missing_programs()
         if missing:
             raise RuntimeError(
@@ -376,7 +519,12 @@ def run(
     card["heldout_accuracy"] = report
     card["training"]["seconds"] = round(log["seconds"], 1)
     card["training"]["final_loss"] = round(log["final_loss"], 4)
-    write_model(model, out_dir, card)
+    write_model(model, out_dir, card, check_windows=held["x"])
+    agree = card["onnx_agreement"]
+    print(
+        f"torch/ONNX Runtime top-1 agreement {agree['top1_agreement']:.4f} over {agree['n_windows']} "
+        f"held-out windows (largest probability difference {agree['max_abs_prob_diff']:.1e})"
+    )
     return card
 
 

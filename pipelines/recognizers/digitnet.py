@@ -33,7 +33,7 @@ class DigitNetConfig:
     n_mels: int = 40
     f_min_hz: float = 20.0
     f_max_hz: float = 7_600.0
-    channels: tuple[int, ...] = (48, 48, 64, 96)
+    channels: tuple[int, ...] = (64, 64, 96, 128)
     kernel_size: int = 5
     dropout: float = 0.1
 

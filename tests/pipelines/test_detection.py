@@ -29,6 +29,23 @@ def test_calibrated_threshold_bounds_fpr_on_fresh_scores() -> None:
         calibrate_threshold(cal[:50], 0.01)
 
 
+def test_confident_threshold_holds_the_target_on_most_calibration_sets() -> None:
+    """Exponential clean scores, so a threshold t has FPR exp(-t) exactly. Plain split conformal
+    bounds only the expected FPR: about half of all calibration sets overshoot the target. At 95 %
+    confidence at most about 5 % may."""
+    gen = np.random.default_rng(1)
+    sets = gen.exponential(size=(400, 1100))
+    plain = np.array([np.exp(-calibrate_threshold(s, 0.01)) for s in sets])
+    sure = np.array([np.exp(-calibrate_threshold(s, 0.01, confidence=0.95)) for s in sets])
+    assert 0.3 < np.mean(plain > 0.01) < 0.7
+    assert np.mean(sure > 0.01) <= 0.08
+    assert np.mean(sure) >= 0.004  # not needlessly strict: about 0.55 % on average
+    # 0.99^m <= 0.05 needs m >= 299
+    with pytest.raises(ValueError, match="95% confidence"):
+        calibrate_threshold(sets[0, :298], 0.01, confidence=0.95)
+    assert calibrate_threshold(sets[0, :299], 0.01, confidence=0.95) == sets[0, :299].max()
+
+
 def test_clean_heldout_windows_are_rarely_flagged(detector, heldout_speech) -> None:
     verdicts = detector.analyze(heldout_speech["x"])
     flagged = sum(v.flagged for v in verdicts)

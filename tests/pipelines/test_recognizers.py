@@ -63,6 +63,8 @@ def test_card_is_a_complete_manifest() -> None:
         "festival",
         "procedural",
     }
+    agree = card["onnx_agreement"]
+    assert agree["n_windows"] == acc["n_windows"] and agree["top1_agreement"] >= 0.999
     det = card["detector"]
     assert det["target_fpr"] == 0.01 and 0 < det["threshold"] < 2
     # group-conditional calibration: every clean group at or under the target on held-out voices
