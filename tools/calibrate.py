@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,13 @@ def calibrate(
     threshold, per_group = calibrate_threshold_for(
         verdicts, cal, target_fpr, groups(data["y"], manifest.spec.labels), confidence=confidence
     )
+    for g, v in per_group.items():
+        if "too few" in v["guarantee"]:
+            print(
+                f"warning: {v['m']} calibration windows of {g} are too few for a {target_fpr:.2%} "
+                f"target; its threshold is its largest score ({v['guarantee']})",
+                file=sys.stderr,
+            )
     test = summarize(verdicts, data, threshold, ~cal, manifest.spec.labels)
     card = json.loads(card_path.read_text(encoding="utf-8"))
     card["detector"] = {
@@ -216,23 +224,35 @@ def calibrate_threshold_for(
     other speech and background each stay at or under the target rate (not just their mix).
 
     Each group's threshold holds the target with probability ``confidence`` over calibration sets
-    (:func:`~pipelines.detection.calibrate_threshold`); a group with too few windows for that gets
-    the split-conformal threshold instead (expected FPR <= target). Returns the threshold and, per
-    group, its window count, threshold and the guarantee it got.
+    (:func:`~pipelines.detection.calibrate_threshold`). A group with too few windows for that gets
+    the split-conformal threshold (expected FPR <= target); one too small even for that (fewer
+    than ``1/target - 1`` windows, e.g. from a ``--synth-scale`` corpus) gets its largest score,
+    whose expected FPR is <= ``1/(m+1)``. Returns the threshold and, per group, its window count,
+    threshold and the guarantee it got.
     """
     scores = np.array([v.score for v in verdicts])
     per_group: dict[str, dict] = {}
     for g in np.unique(group[mask]):
         s = scores[mask & (group == g)]
-        try:
-            t, got = calibrate_threshold(s, target_fpr, confidence=confidence), confidence
-        except ValueError:
-            if confidence is None:
-                raise
-            t, got = calibrate_threshold(s, target_fpr), None
-        guarantee = f"P(FPR > target) <= {1 - got:.0%}" if got is not None else "expected FPR <= target"
+        t, guarantee = _group_threshold(s, target_fpr, confidence)
         per_group[str(g)] = {"m": int(len(s)), "threshold": t, "guarantee": guarantee}
     return max(v["threshold"] for v in per_group.values()), per_group
+
+
+def _group_threshold(scores: np.ndarray, target_fpr: float, confidence: float | None) -> tuple[float, str]:
+    """The strongest guarantee ``scores`` allow: confident, then expected, then the largest score."""
+    if confidence:
+        try:
+            return calibrate_threshold(scores, target_fpr, confidence=confidence), (
+                f"P(FPR > target) <= {1 - confidence:.0%}"
+            )
+        except ValueError:
+            pass
+    try:
+        return calibrate_threshold(scores, target_fpr), "expected FPR <= target"
+    except ValueError:
+        m = len(scores)
+        return float(scores.max()), f"expected FPR <= 1/(m+1) = {1 / (m + 1):.1%} (too few windows)"
 
 
 def run_cli(args: argparse.Namespace, cfg: DetectorConfig) -> int:

@@ -22,3 +22,9 @@ def test_groups_too_small_for_the_confidence_fall_back_to_plain_conformal() -> N
     assert per_group["background"]["guarantee"] == "expected FPR <= target"
     assert per_group["background"]["threshold"] == calibrate_threshold(background, 0.01)
     assert thr == per_group["digits"]["threshold"] == calibrate_threshold(speech, 0.01, confidence=0.95)
+    # a group too small even for the plain rule (a --synth-scale corpus) gets its largest score
+    thr, per_group = calibrate_threshold_for(
+        verdicts[:1040], np.ones(1040, bool), 0.01, group[:1040], confidence=0.95
+    )
+    assert per_group["background"]["threshold"] == background[:40].max()
+    assert per_group["background"]["guarantee"].startswith("expected FPR <= 1/(m+1) = 2.4%")
