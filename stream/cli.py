@@ -205,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="calibrate the detector threshold on held-out clean audio",
         description="Score held-out clean windows (digits, other speech, background) with "
         "the detector, set the threshold for a target false-positive rate on one half of "
-        "the held-out voices (per group of digits, other speech and background, each held "
-        "at the target with --confidence), measure the FPR on the other half, and store both "
-        "in the model card.",
+        "the held-out clips (split by voice and text; per group of digits, other speech and "
+        "background, each held at the target with --confidence), measure the FPR on the other "
+        "half, and store both in the model card.",
     )
     p.add_argument(
         "--card", type=Path, required=True, help="card.json to update (e.g. runs/digits/card.json)"
