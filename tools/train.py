@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipelines.recognizers.digitnet import DigitNet, DigitNetConfig
+from pipelines.recognizers.onnx_backend import OnnxRecognizer
+from pipelines.types import ModelSpec
 from tools import augment, synth
 
 WINDOW = synth.SAMPLE_RATE_HZ
@@ -372,20 +374,20 @@ def export_onnx(model: DigitNet, path: Path) -> None:
 
 @torch.no_grad()
 def onnx_agreement(model: DigitNet, onnx_path: Path, x: np.ndarray, *, batch: int = 256) -> dict:
-    """Compare the torch model with its ONNX export (ONNX Runtime, CPU) on windows ``x``
-    ``(n, samples)``: share of equal top-1 labels and the largest softmax difference."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    """Compare the torch model with its ONNX export, run by the service's ONNX Runtime backend
+    on the CPU, on windows ``x`` ``(n, samples)``: share of equal top-1 labels and the largest
+    softmax difference."""
+    c = model.config
+    spec = ModelSpec(
+        name="export-check", labels=synth.LABELS, sample_rate_hz=c.sample_rate_hz, window_samples=WINDOW
+    )
+    onnx = OnnxRecognizer(onnx_path, spec, device="cpu")
     model.eval()
     agree, diff = 0, 0.0
     for s in range(0, len(x), batch):
         xb = np.ascontiguousarray(x[s : s + batch], dtype=np.float32)
         p_torch = model(torch.from_numpy(xb)).softmax(1).numpy()
-        p_onnx = torch.from_numpy(np.asarray(session.run(None, {name: xb})[0])).softmax(1).numpy()
+        p_onnx = onnx.predict(xb)
         agree += int(np.sum(p_torch.argmax(1) == p_onnx.argmax(1)))
         diff = max(diff, float(np.abs(p_torch - p_onnx).max()))
     return {"top1_agreement": agree / max(len(x), 1), "max_abs_prob_diff": diff, "n_windows": int(len(x))}
