@@ -26,16 +26,16 @@ import numpy as np
 import torch
 from scipy.stats import beta
 
-from pipelines.recognizers.base import SmoothableRecognizer
-from pipelines.smoothing import (
+from avsentry.pipelines.recognizers.base import SmoothableRecognizer
+from avsentry.pipelines.smoothing import (
     SmoothingConfig,
     certify_from_counts,
     predict_from_counts,
     sample_counts,
 )
-from pipelines.transforms import TRANSFORM_NAMES, make_transform, parse_transform_spec
-from pipelines.transforms.base import Transform
-from pipelines.types import Abstain, Certified, Prediction
+from avsentry.pipelines.transforms import TRANSFORM_NAMES, make_transform, parse_transform_spec
+from avsentry.pipelines.transforms.base import Transform
+from avsentry.pipelines.types import Abstain, Certified, Prediction
 
 DEFAULT_TRANSFORMS = ("mp3", "opus", "aac", "noise")
 

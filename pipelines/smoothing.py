@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from scipy.stats import beta, binomtest, norm
 
-from pipelines.recognizers.base import SmoothableRecognizer
-from pipelines.types import Abstain, Certified, Prediction
+from avsentry.pipelines.recognizers.base import SmoothableRecognizer
+from avsentry.pipelines.types import Abstain, Certified, Prediction
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

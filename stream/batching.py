@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipelines.detection import Detector, WindowVerdict
+from avsentry.pipelines.detection import Detector, WindowVerdict
 
 
 @dataclass(slots=True)

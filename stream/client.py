@@ -2,7 +2,7 @@
 
 Stream a file or any iterator of audio chunks in a few lines::
 
-    from stream.client import GuardClient
+    from avsentry.stream.client import GuardClient
 
     with GuardClient("127.0.0.1:50051") as client:
         for v in client.stream_file("speech.wav"):          # paced at real time
@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
-from stream._proto.avsentry.v1 import guard_pb2 as pb
-from stream._proto.avsentry.v1 import guard_pb2_grpc as pb_grpc
-from stream.convert import encode_pcm
+from avsentry.stream._proto.avsentry.v1 import guard_pb2 as pb
+from avsentry.stream._proto.avsentry.v1 import guard_pb2_grpc as pb_grpc
+from avsentry.stream.convert import encode_pcm
 
 if TYPE_CHECKING:
-    from stream.sources import AudioSource
+    from avsentry.stream.sources import AudioSource
 
 ENCODINGS = {"pcm16": pb.AUDIO_ENCODING_PCM16, "float32": pb.AUDIO_ENCODING_FLOAT32}
 
@@ -143,7 +143,7 @@ class GuardClient:
     ) -> Iterator[pb.Verdict]:
         """Stream a file at its native rate and channels, paced at ``rate`` x real time
         (``0``: as fast as possible)."""
-        from stream.sources import FileSource
+        from avsentry.stream.sources import FileSource
 
         with FileSource(path, chunk_ms=chunk_ms, rate=rate) as src:
             yield from self.stream_source(src, **config)

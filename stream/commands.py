@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from stream.client import GuardClient, format_verdict, verdict_to_dict
-from stream.config import ServerConfig, load_config
-from stream.server import RunningServer, serve_forever, start_server
+from avsentry.stream.client import GuardClient, format_verdict, verdict_to_dict
+from avsentry.stream.config import ServerConfig, load_config
+from avsentry.stream.server import RunningServer, serve_forever, start_server
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -96,7 +96,7 @@ def _print_verdicts(verdicts: Iterator, *, as_json: bool, prefix: str = "") -> i
 def run_stream(args: argparse.Namespace) -> int:
     if args.rate < 0:
         raise ValueError(f"--rate must be >= 0, got {args.rate}")
-    from stream.sources import FileSource
+    from avsentry.stream.sources import FileSource
 
     with _client(args) as client, FileSource(args.file, rate=args.rate) as source:
         _print_verdicts(client.stream_source(source, **_stream_config(args)), as_json=args.json)
@@ -104,7 +104,7 @@ def run_stream(args: argparse.Namespace) -> int:
 
 
 def run_mic(args: argparse.Namespace) -> int:
-    from stream.sources import MicSource, format_devices, list_input_devices
+    from avsentry.stream.sources import MicSource, format_devices, list_input_devices
 
     if args.list_devices:
         print(format_devices(list_input_devices()))
@@ -142,7 +142,7 @@ def run_mic(args: argparse.Namespace) -> int:
 
 
 def demo_clips() -> list[Path]:
-    base = Path(str(resources.files("pipelines").joinpath("models", "digits")))
+    base = Path(str(resources.files("avsentry.pipelines").joinpath("models", "digits")))
     return sorted(base.glob("demo_*.wav"))
 
 

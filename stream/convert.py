@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.detection import DetectorConfig, WindowVerdict
-from pipelines.recognizers import Manifest
-from pipelines.session import Window
-from pipelines.types import Abstain, Certified, Prediction
-from stream._proto.avsentry.v1 import guard_pb2 as pb
-from stream.errors import InvalidRequest
+from avsentry.pipelines.detection import DetectorConfig, WindowVerdict
+from avsentry.pipelines.recognizers import Manifest
+from avsentry.pipelines.session import Window
+from avsentry.pipelines.types import Abstain, Certified, Prediction
+from avsentry.stream._proto.avsentry.v1 import guard_pb2 as pb
+from avsentry.stream.errors import InvalidRequest
 
 ENCODINGS: dict[int, tuple[str, int]] = {
     pb.AUDIO_ENCODING_PCM16: ("<i2", 2),

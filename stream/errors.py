@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from pipelines.audio_io import AudioReadError
-from pipelines.session import StreamTooLong
+from avsentry.pipelines.audio_io import AudioReadError
+from avsentry.pipelines.session import StreamTooLong
 
 
 class GuardError(Exception):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.audio_io import AudioReadError, read_audio
-from pipelines.detection import Detector, DetectorConfig, WindowVerdict, verdict_to_dict
-from pipelines.recognizers import load_recognizer, read_manifest
-from pipelines.types import Abstain, Certified, Prediction
-from pipelines.windowing import frame
+from avsentry.pipelines.audio_io import AudioReadError, read_audio
+from avsentry.pipelines.detection import Detector, DetectorConfig, WindowVerdict, verdict_to_dict
+from avsentry.pipelines.recognizers import load_recognizer, read_manifest
+from avsentry.pipelines.types import Abstain, Certified, Prediction
+from avsentry.pipelines.windowing import frame
 
 EXIT_FLAGGED = 3
 

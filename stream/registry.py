@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from pipelines.detection import Detector, DetectorConfig
-from pipelines.recognizers import Manifest, SmoothableRecognizer, load_recognizer, read_manifest
-from stream.errors import InvalidRequest
+from avsentry.pipelines.detection import Detector, DetectorConfig
+from avsentry.pipelines.recognizers import Manifest, SmoothableRecognizer, load_recognizer, read_manifest
+from avsentry.stream.errors import InvalidRequest
 
 
 class ModelRegistry:

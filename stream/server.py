@@ -22,16 +22,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from pipelines.audio_io import read_audio
-from pipelines.session import StreamSession, StreamTooLong, Window
-from stream import convert
-from stream._proto.avsentry.v1 import guard_pb2 as pb
-from stream._proto.avsentry.v1 import guard_pb2_grpc as pb_grpc
-from stream.batching import Batcher
-from stream.config import ServerConfig
-from stream.errors import Draining, GuardError, InvalidRequest, TooManyStreams, status_for
-from stream.metrics import Metrics
-from stream.registry import ModelRegistry
+from avsentry.pipelines.audio_io import read_audio
+from avsentry.pipelines.session import StreamSession, StreamTooLong, Window
+from avsentry.stream import convert
+from avsentry.stream._proto.avsentry.v1 import guard_pb2 as pb
+from avsentry.stream._proto.avsentry.v1 import guard_pb2_grpc as pb_grpc
+from avsentry.stream.batching import Batcher
+from avsentry.stream.config import ServerConfig
+from avsentry.stream.errors import Draining, GuardError, InvalidRequest, TooManyStreams, status_for
+from avsentry.stream.metrics import Metrics
+from avsentry.stream.registry import ModelRegistry
 
 log = logging.getLogger("avsentry.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Guard"].full_name

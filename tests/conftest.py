@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.recognizers import load_recognizer
-from tools import augment, synth
+from avsentry.pipelines.recognizers import load_recognizer
+from avsentry.tools import augment, synth
 
 HELDOUT_ESPEAK = ("en-us", "en-gb-x-rp")
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from pipelines.detection import Detector, DetectorConfig
-from pipelines.recognizers import load_recognizer, read_manifest
-from pipelines.smoothing import SmoothingConfig, noisy_copies, sample_counts
-from pipelines.transforms import TRANSFORM_NAMES, make_transform
+from avsentry.pipelines.detection import Detector, DetectorConfig
+from avsentry.pipelines.recognizers import load_recognizer, read_manifest
+from avsentry.pipelines.smoothing import SmoothingConfig, noisy_copies, sample_counts
+from avsentry.pipelines.transforms import TRANSFORM_NAMES, make_transform
 
 
 def timeit(fn: Callable[[], object], *, repeat: int, device: torch.device) -> float:
@@ -132,12 +132,6 @@ def bench_core(args: argparse.Namespace) -> list[str]:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    if args.bench == "core":
-        bench_core(args)
-        return 0
-    if args.bench == "stream":
-        from tools.bench_stream import bench_stream
-
-        bench_stream(args)
-        return 0
-    raise ValueError(f"unknown benchmark {args.bench!r}")
+    """``avsentry bench core``."""
+    bench_core(args)
+    return 0

@@ -24,11 +24,11 @@ import numpy as np
 from scipy.stats import beta
 from tqdm import tqdm
 
-from pipelines.detection import Detector, DetectorConfig, WindowVerdict, calibrate_threshold
-from pipelines.recognizers import load_recognizer, read_manifest
-from pipelines.types import Certified, Prediction
-from tools import augment, synth
-from tools.train import heldout_windows
+from avsentry.pipelines.detection import Detector, DetectorConfig, WindowVerdict, calibrate_threshold
+from avsentry.pipelines.recognizers import load_recognizer, read_manifest
+from avsentry.pipelines.types import Certified, Prediction
+from avsentry.tools import augment, synth
+from avsentry.tools.heldout import heldout_windows
 
 # Probability, over calibration sets, that each group's false-positive rate stays at or under the
 # target (plain split conformal only bounds its expectation: half of all calibration sets exceed).

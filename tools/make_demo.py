@@ -1,4 +1,4 @@
-"""Make the bundled demo clips (``python -m tools.make_demo``).
+"""Make the bundled demo clips (``python -m avsentry.tools.make_demo``).
 
 ``demo_1_clean.wav``: "seven" by a held-out voice (never trained on), one 1 s window, 16 kHz.
 ``demo_2_adversarial.wav``: the same window after a targeted L-inf PGD attack (Madry et al.)
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.recognizers import DifferentiableRecognizer, load_recognizer, read_manifest
-from tools import augment, synth
-from tools.attacks import PGD
+from avsentry.pipelines.recognizers import DifferentiableRecognizer, load_recognizer, read_manifest
+from avsentry.tools import augment, synth
+from avsentry.tools.attacks import PGD
 
 
 def write_wav(path: Path, audio: np.ndarray, rate: int) -> None:

@@ -86,7 +86,9 @@ class AccentedLanguage:
 
 def accented_languages() -> list[AccentedLanguage]:
     """The bundled ``accented_voices.toml``, checked: ten ASCII digit respellings per language."""
-    text = resources.files("tools").joinpath("data", "accented_voices.toml").read_text(encoding="utf-8")
+    text = (
+        resources.files("avsentry.tools").joinpath("data", "accented_voices.toml").read_text(encoding="utf-8")
+    )
     out = []
     for name, d in tomllib.loads(text).items():
         lang = AccentedLanguage(
@@ -157,7 +159,7 @@ def espeak_variants() -> list[str]:
 
 def read_word_list(name: str) -> list[str]:
     """Lines of a bundled text list (``unknown_words.txt``, ``phrases.txt``), comments dropped."""
-    text = resources.files("tools").joinpath("data", name).read_text(encoding="utf-8")
+    text = resources.files("avsentry.tools").joinpath("data", name).read_text(encoding="utf-8")
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
 
 

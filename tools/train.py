@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipelines.recognizers.digitnet import DigitNet, DigitNetConfig
-from pipelines.recognizers.onnx_backend import OnnxRecognizer
-from pipelines.types import ModelSpec
-from tools import augment, synth
+from avsentry.pipelines.recognizers.digitnet import DigitNet, DigitNetConfig
+from avsentry.pipelines.recognizers.onnx_backend import OnnxRecognizer
+from avsentry.pipelines.types import ModelSpec
+from avsentry.tools import augment, synth
+from avsentry.tools.heldout import heldout_windows
 
 WINDOW = synth.SAMPLE_RATE_HZ
 
@@ -141,38 +142,6 @@ class BatchSampler:
             stop.set()
             while not q.empty():
                 q.get_nowait()
-
-
-def heldout_windows(clips: synth.ClipSet, *, seed: int = 1, per_clip: int = 1) -> dict[str, np.ndarray]:
-    """Deterministic evaluation windows from held-out voices: each clip at a random position.
-
-    Phrases (longer than a window) give a random 1 s crop. Adds an equal share of procedural
-    background windows. No channel degradation: this is the clean held-out set.
-    """
-    rng = np.random.default_rng(seed)
-    held = np.flatnonzero(clips.heldout)
-    xs, ys, engines, voices, texts = [], [], [], [], []
-    for i in held:
-        for _ in range(per_clip):
-            xs.append(augment.place(rng, clips.clip(int(i)), speed=False))
-            ys.append(synth.LABELS.index(str(clips.label[i])))
-            engines.append(str(clips.engine[i]))
-            voices.append(str(clips.voice[i]))
-            texts.append(str(clips.text[i]))
-    n_bg = max(1, len(xs) // 12)
-    for _ in range(n_bg):
-        xs.append(augment.background(rng))
-        ys.append(synth.LABELS.index(synth.BACKGROUND))
-        engines.append("procedural")
-        voices.append("background")
-        texts.append("")
-    return {
-        "x": np.stack(xs).astype(np.float32),
-        "y": np.array(ys, dtype=np.int64),
-        "engine": np.array(engines),
-        "voice": np.array(voices),
-        "text": np.array(texts),
-    }
 
 
 @torch.no_grad()
@@ -530,11 +499,11 @@ def run(
     return card
 
 
-def run_cli(args) -> int:  # noqa: ANN001 - argparse namespace from stream.cli
+def run_cli(args) -> int:  # noqa: ANN001 - argparse namespace from avsentry.stream.cli
     """``avsentry train``: the whole recipe, then detector calibration into the card."""
-    from pipelines.detection import DetectorConfig
-    from pipelines.recognizers.base import resolve_device
-    from tools.calibrate import calibrate
+    from avsentry.pipelines.detection import DetectorConfig
+    from avsentry.pipelines.recognizers.base import resolve_device
+    from avsentry.tools.calibrate import calibrate
 
     device = str(resolve_device(args.device))
     given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}

@@ -1,12 +1,12 @@
 """Recognizer protocols, backends (torch, ONNX Runtime) and model manifests."""
 
-from pipelines.recognizers.base import (
+from avsentry.pipelines.recognizers.base import (
     DifferentiableRecognizer,
     Recognizer,
     SmoothableRecognizer,
     resolve_device,
 )
-from pipelines.recognizers.manifest import Manifest, embedded_models, load_recognizer, read_manifest
+from avsentry.pipelines.recognizers.manifest import Manifest, embedded_models, load_recognizer, read_manifest
 
 __all__ = [
     "DifferentiableRecognizer",

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from pipelines.types import ModelSpec
+from avsentry.pipelines.types import ModelSpec
 
 
 @runtime_checkable

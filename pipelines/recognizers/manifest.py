@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from pipelines.recognizers.base import SmoothableRecognizer
-from pipelines.types import ModelSpec
+from avsentry.pipelines.recognizers.base import SmoothableRecognizer
+from avsentry.pipelines.types import ModelSpec
 
 BACKENDS = ("torch", "onnx")
 TORCH_FORMATS = ("torchscript", "torch_export", "digitnet")
@@ -55,7 +55,7 @@ class Manifest:
 
 def embedded_models() -> dict[str, Path]:
     """Names of the models shipped inside the package -> their card paths."""
-    base = Path(str(resources.files("pipelines").joinpath("models")))
+    base = Path(str(resources.files("avsentry.pipelines").joinpath("models")))
     return {p.parent.name: p for p in sorted(base.glob("*/card.json"))}
 
 
@@ -124,15 +124,15 @@ def load_recognizer(
     if not path.is_file():
         raise FileNotFoundError(f"model weights not found: {path}")
     if backend == "onnx":
-        from pipelines.recognizers.onnx_backend import OnnxRecognizer
+        from avsentry.pipelines.recognizers.onnx_backend import OnnxRecognizer
 
         return OnnxRecognizer(path, m.spec, device=device)
-    from pipelines.recognizers.torch_backend import TorchRecognizer
+    from avsentry.pipelines.recognizers.torch_backend import TorchRecognizer
 
     fmt = m.backends["torch"]["format"]
     module: torch.nn.Module
     if fmt == "digitnet":
-        from pipelines.recognizers.digitnet import DigitNet, DigitNetConfig
+        from avsentry.pipelines.recognizers.digitnet import DigitNet, DigitNetConfig
 
         module = DigitNet(DigitNetConfig.from_dict(m.extra["config"]))
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

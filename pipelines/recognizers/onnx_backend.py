@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from pipelines.recognizers.base import resolve_device, softmax_np
-from pipelines.types import ModelSpec
+from avsentry.pipelines.recognizers.base import resolve_device, softmax_np
+from avsentry.pipelines.types import ModelSpec
 
 
 def providers_for(device: torch.device) -> list[str]:

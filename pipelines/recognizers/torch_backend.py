@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.recognizers.base import resolve_device
-from pipelines.types import ModelSpec
+from avsentry.pipelines.recognizers.base import resolve_device
+from avsentry.pipelines.types import ModelSpec
 
 
 class TorchRecognizer:

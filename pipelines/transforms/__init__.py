@@ -13,15 +13,15 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from pipelines.transforms.aac import AacRoundTrip
-from pipelines.transforms.base import BaseTransform, Transform
-from pipelines.transforms.lowpass import LowPass
-from pipelines.transforms.mel_inversion import MelInversion
-from pipelines.transforms.mp3 import Mp3RoundTrip
-from pipelines.transforms.noise import GaussianNoise
-from pipelines.transforms.opus import OpusRoundTrip
-from pipelines.transforms.quantize import Quantize
-from pipelines.transforms.resample import ResampleRoundTrip
+from avsentry.pipelines.transforms.aac import AacRoundTrip
+from avsentry.pipelines.transforms.base import BaseTransform, Transform
+from avsentry.pipelines.transforms.lowpass import LowPass
+from avsentry.pipelines.transforms.mel_inversion import MelInversion
+from avsentry.pipelines.transforms.mp3 import Mp3RoundTrip
+from avsentry.pipelines.transforms.noise import GaussianNoise
+from avsentry.pipelines.transforms.opus import OpusRoundTrip
+from avsentry.pipelines.transforms.quantize import Quantize
+from avsentry.pipelines.transforms.resample import ResampleRoundTrip
 
 __all__ = [
     "TRANSFORM_NAMES",

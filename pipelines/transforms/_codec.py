@@ -34,7 +34,7 @@ import av
 import numpy as np
 import scipy.signal
 
-from pipelines.transforms.base import BaseTransform, check_int
+from avsentry.pipelines.transforms.base import BaseTransform, check_int
 
 # Divisors that map a decoded sample format to [-1, 1] floats.
 _INTEGER_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0}

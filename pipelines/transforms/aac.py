@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipelines.transforms._codec import CodecRoundTrip
+from avsentry.pipelines.transforms._codec import CodecRoundTrip
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

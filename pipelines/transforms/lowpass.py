@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import scipy.signal
 
-from pipelines.transforms.base import BaseTransform, check_float, check_int
+from avsentry.pipelines.transforms.base import BaseTransform, check_float, check_int
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,7 +24,7 @@ import scipy.signal
 import torch
 import torchaudio
 
-from pipelines.transforms.base import BaseTransform, check_int
+from avsentry.pipelines.transforms.base import BaseTransform, check_int
 
 _MOMENTUM = 0.99  # torchaudio's default for fast Griffin-Lim
 

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from pipelines.transforms.base import BaseTransform, check_float, check_int
+from avsentry.pipelines.transforms.base import BaseTransform, check_float, check_int
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

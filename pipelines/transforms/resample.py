@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from pipelines.transforms.base import BaseTransform, check_int
+from avsentry.pipelines.transforms.base import BaseTransform, check_int
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

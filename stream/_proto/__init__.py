@@ -1,1 +1,1 @@
-"""Generated gRPC stubs (python -m stream.protogen)."""
+"""Generated gRPC stubs (python -m avsentry.stream.protogen)."""

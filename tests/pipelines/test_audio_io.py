@@ -8,8 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from pipelines.audio_io import AudioReadError, read_audio
-from pipelines.windowing import frame
+from avsentry.pipelines.audio_io import AudioReadError, read_audio
+from avsentry.pipelines.windowing import frame
 
 
 def _write_wav(path, audio: np.ndarray, rate: int) -> None:

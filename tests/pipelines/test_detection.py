@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.detection import Detector, DetectorConfig, calibrate_threshold, verdict_to_dict
-from pipelines.recognizers import read_manifest
-from pipelines.smoothing import SmoothingConfig
-from tools import synth
-from tools.attacks import PGD
+from avsentry.pipelines.detection import Detector, DetectorConfig, calibrate_threshold, verdict_to_dict
+from avsentry.pipelines.recognizers import read_manifest
+from avsentry.pipelines.smoothing import SmoothingConfig
+from avsentry.tools import synth
+from avsentry.tools.attacks import PGD
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.recognizers import Recognizer, load_recognizer, read_manifest
-from pipelines.recognizers.digitnet import REPRESENTATIONS
-from tools import synth
+from avsentry.pipelines.recognizers import Recognizer, load_recognizer, read_manifest
+from avsentry.pipelines.recognizers.digitnet import REPRESENTATIONS
+from avsentry.tools import synth
 
 
 def test_torch_and_onnx_agree_on_heldout_top1(model_torch, model_onnx, heldout_speech) -> None:

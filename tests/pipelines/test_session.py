@@ -6,8 +6,8 @@ import av
 import numpy as np
 import pytest
 
-from pipelines.session import StreamSession, StreamTooLong
-from pipelines.windowing import frame
+from avsentry.pipelines.session import StreamSession, StreamTooLong
+from avsentry.pipelines.windowing import frame
 
 
 def run(session: StreamSession, audio: np.ndarray, chunk_sizes) -> list:

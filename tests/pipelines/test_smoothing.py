@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy.stats import beta, binomtest, norm
 
-from pipelines import smoothing
-from pipelines.smoothing import SmoothingConfig
-from pipelines.types import Abstain, Certified, ModelSpec, Prediction
+from avsentry.pipelines import smoothing
+from avsentry.pipelines.smoothing import SmoothingConfig
+from avsentry.pipelines.types import Abstain, Certified, ModelSpec, Prediction
 
 
 class ThresholdClassifier:

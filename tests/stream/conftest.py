@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.audio_io import read_audio
-from stream.client import GuardClient
-from stream.commands import local_server
-from stream.config import ServerConfig
+from avsentry.pipelines.audio_io import read_audio
+from avsentry.stream.client import GuardClient
+from avsentry.stream.commands import local_server
+from avsentry.stream.config import ServerConfig
 
 
 @pytest.fixture(scope="session")

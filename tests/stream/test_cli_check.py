@@ -10,8 +10,8 @@ import wave
 import numpy as np
 import pytest
 
-from pipelines.windowing import frame
-from tools import synth
+from avsentry.pipelines.windowing import frame
+from avsentry.tools import synth
 
 
 def n_windows(path, hop: int) -> int:
@@ -22,7 +22,7 @@ def n_windows(path, hop: int) -> int:
 
 def avsentry(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "stream.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "avsentry", *args], capture_output=True, text=True, timeout=timeout
     )
 
 

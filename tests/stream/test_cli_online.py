@@ -21,7 +21,7 @@ def free_port() -> int:
 def serve_process():
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "serve", "--port", str(port), "--device", "cpu"],
+        [sys.executable, "-m", "avsentry", "serve", "--port", str(port), "--device", "cpu"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -40,7 +40,7 @@ def test_serve_then_stream_a_file(serve_process, digit_wav) -> None:
         [
             sys.executable,
             "-m",
-            "stream.cli",
+            "avsentry",
             "stream",
             str(digit_wav),
             "--server",
@@ -68,7 +68,7 @@ def test_stream_reports_server_errors_in_one_line(serve_process, tmp_path) -> No
         [
             sys.executable,
             "-m",
-            "stream.cli",
+            "avsentry",
             "stream",
             str(tmp_path / "missing.wav"),
             "--server",
@@ -80,7 +80,7 @@ def test_stream_reports_server_errors_in_one_line(serve_process, tmp_path) -> No
     )
     assert r.returncode == 1 and "Traceback" not in r.stderr and "missing.wav" in r.stderr
     r = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "stream", "/dev/null", "--server", "127.0.0.1:1"],
+        [sys.executable, "-m", "avsentry", "stream", "/dev/null", "--server", "127.0.0.1:1"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -90,7 +90,7 @@ def test_stream_reports_server_errors_in_one_line(serve_process, tmp_path) -> No
 
 def test_demo_flags_the_adversarial_clip_only() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "demo", "--rate", "0", "--device", "cpu"],
+        [sys.executable, "-m", "avsentry", "demo", "--rate", "0", "--device", "cpu"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -103,7 +103,7 @@ def test_demo_flags_the_adversarial_clip_only() -> None:
 
 def test_serve_refuses_public_address_without_tls() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "serve", "--address", "0.0.0.0", "--port", "0"],
+        [sys.executable, "-m", "avsentry", "serve", "--address", "0.0.0.0", "--port", "0"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from stream import protogen
-from stream.config import ServerConfig, load_config
+from avsentry.stream import protogen
+from avsentry.stream.config import ServerConfig, load_config
 
 
 def test_committed_stubs_are_fresh(tmp_path) -> None:
@@ -15,9 +15,11 @@ def test_committed_stubs_are_fresh(tmp_path) -> None:
     assert generated, "protoc produced nothing"
     for path in generated:
         rel = path.relative_to(tmp_path)
-        committed = protogen.ROOT / rel
-        assert committed.exists(), f"{rel} is not committed: run python -m stream.protogen"
-        assert committed.read_text() == path.read_text(), f"{rel} is stale: run python -m stream.protogen"
+        committed = protogen.STUBS / rel
+        assert committed.exists(), f"{rel} is not committed: run python -m avsentry.stream.protogen"
+        assert committed.read_text() == path.read_text(), (
+            f"{rel} is stale: run python -m avsentry.stream.protogen"
+        )
 
 
 def test_defaults_serve_loopback_plaintext() -> None:

@@ -12,14 +12,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from pipelines.recognizers import read_manifest
-from pipelines.windowing import frame
-from stream._proto.avsentry.v1 import guard_pb2 as pb
-from stream.client import GuardClient, make_config
-from stream.commands import local_server
-from stream.config import ServerConfig
-from tools import synth
-from tools.attacks import PGD
+from avsentry.pipelines.recognizers import read_manifest
+from avsentry.pipelines.windowing import frame
+from avsentry.stream._proto.avsentry.v1 import guard_pb2 as pb
+from avsentry.stream.client import GuardClient, make_config
+from avsentry.stream.commands import local_server
+from avsentry.stream.config import ServerConfig
+from avsentry.tools import synth
+from avsentry.tools.attacks import PGD
 
 DIGITS = set(synth.DIGITS)
 

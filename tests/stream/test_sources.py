@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.sources import FileSource, MicSource, SourceError, format_devices, list_input_devices
+from avsentry.stream.sources import FileSource, MicSource, SourceError, format_devices, list_input_devices
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -215,9 +215,9 @@ pcm.!default avs_mic
 PRELUDE = """\
 import pickle, sys, threading, time
 import numpy as np
-import stream.sources
+import avsentry.stream.sources
 lazy_portaudio = "sounddevice" not in sys.modules
-from stream.sources import MicSource, SourceError, format_devices, list_input_devices
+from avsentry.stream.sources import MicSource, SourceError, format_devices, list_input_devices
 result = {"lazy_portaudio": lazy_portaudio}
 """
 
@@ -486,7 +486,7 @@ def test_mic_command_streams_a_device_to_a_real_server(server, pulse_home, digit
 
     home, env = pulse_home
     mic = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "mic", "--input-device", "avs_pulse", "--samplerate",
+        [sys.executable, "-m", "avsentry", "mic", "--input-device", "avs_pulse", "--samplerate",
          str(PULSE_RATE), "--seconds", "5", "--server", f"127.0.0.1:{server.port}", "--json"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

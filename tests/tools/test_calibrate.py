@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pipelines.detection import calibrate_threshold
-from tools.calibrate import calibrate_threshold_for
+from avsentry.pipelines.detection import calibrate_threshold
+from avsentry.tools.calibrate import calibrate_threshold_for
 
 
 def test_groups_too_small_for_the_confidence_fall_back_to_plain_conformal() -> None:

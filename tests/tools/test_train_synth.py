@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.recognizers import load_recognizer
-from tools import augment, synth, train
+from avsentry.pipelines.recognizers import load_recognizer
+from avsentry.tools import augment, synth, train
+from avsentry.tools.heldout import heldout_windows
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,7 @@ def test_tiny_training_run_writes_a_loadable_model(tiny_corpus, tmp_path) -> Non
     model, log = train.train(tiny_corpus, cfg, progress=False)
     assert np.isfinite(log["final_loss"])
     card = train.base_card(model, cfg, tiny_corpus)
-    x = train.heldout_windows(tiny_corpus)["x"][:8]
+    x = heldout_windows(tiny_corpus)["x"][:8]
     train.write_model(model, tmp_path, card, check_windows=x)
     agree = json.loads((tmp_path / "card.json").read_text())["onnx_agreement"]
     assert agree["n_windows"] == 8 and agree["max_abs_prob_diff"] < 1e-4
@@ -241,7 +242,7 @@ def test_train_command_end_to_end(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "stream.cli",
+            "avsentry",
             "train",
             "--data",
             str(tmp_path / "clips.npz"),

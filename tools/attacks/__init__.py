@@ -1,6 +1,6 @@
 """Offline attacks on recognizers: one family per module."""
 
-from tools.attacks.base import Attack, AttackResult
-from tools.attacks.pgd import PGD
+from avsentry.tools.attacks.base import Attack, AttackResult
+from avsentry.tools.attacks.pgd import PGD
 
 __all__ = ["PGD", "Attack", "AttackResult"]

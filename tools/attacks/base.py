@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from pipelines.recognizers.base import DifferentiableRecognizer
+from avsentry.pipelines.recognizers.base import DifferentiableRecognizer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

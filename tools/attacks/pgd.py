@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.recognizers.base import DifferentiableRecognizer
-from tools.attacks.base import AttackResult, finish
+from avsentry.pipelines.recognizers.base import DifferentiableRecognizer
+from avsentry.tools.attacks.base import AttackResult, finish
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from pipelines.transforms import AacRoundTrip, Mp3RoundTrip, OpusRoundTrip, make_transform
-from pipelines.transforms._codec import decode, encode
+from avsentry.pipelines.transforms import AacRoundTrip, Mp3RoundTrip, OpusRoundTrip, make_transform
+from avsentry.pipelines.transforms._codec import decode, encode
 
 CODEC_CLASSES = {"aac": AacRoundTrip, "mp3": Mp3RoundTrip, "opus": OpusRoundTrip}
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from pipelines.transforms import LowPass, MelInversion, Quantize, ResampleRoundTrip
+from avsentry.pipelines.transforms import LowPass, MelInversion, Quantize, ResampleRoundTrip
 
 RATE_HZ = 16000
 
@@ -159,7 +159,7 @@ def test_mel_inversion_rejects_bad_params(params: dict[str, int], message: str) 
 
 
 def test_noise_is_added_at_the_requested_snr(rng: np.random.Generator) -> None:
-    from pipelines.transforms import make_transform
+    from avsentry.pipelines.transforms import make_transform
 
     x = np.stack([0.2 * np.sin(np.arange(16000) * 0.05), 0.01 * np.sin(np.arange(16000) * 0.05)])
     for snr in (0.0, 10.0, 20.0):

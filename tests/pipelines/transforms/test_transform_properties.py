@@ -11,7 +11,7 @@ import pytest
 import scipy.signal
 import torch
 
-from pipelines.transforms import TRANSFORM_NAMES, Transform, make_transform
+from avsentry.pipelines.transforms import TRANSFORM_NAMES, Transform, make_transform
 
 CODECS = ("aac", "mp3", "opus")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import pipelines.transforms as transforms
-from pipelines.transforms import (
+import avsentry.pipelines.transforms as transforms
+from avsentry.pipelines.transforms import (
     TRANSFORM_NAMES,
     LowPass,
     Mp3RoundTrip,

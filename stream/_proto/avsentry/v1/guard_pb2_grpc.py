@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from stream._proto.avsentry.v1 import guard_pb2 as stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2
+from avsentry.stream._proto.avsentry.v1 import guard_pb2 as avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in stream/_proto/avsentry/v1/guard_pb2_grpc.py depends on'
+        + ' but the generated code in avsentry/stream/_proto/avsentry/v1/guard_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class GuardStub:
         """
         self.StreamAudio = channel.stream_stream(
                 '/avsentry.v1.Guard/StreamAudio',
-                request_serializer=stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.AudioRequest.SerializeToString,
-                response_deserializer=stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.Verdict.FromString,
+                request_serializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.AudioRequest.SerializeToString,
+                response_deserializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.Verdict.FromString,
                 _registered_method=True)
         self.CheckAudio = channel.unary_unary(
                 '/avsentry.v1.Guard/CheckAudio',
-                request_serializer=stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioRequest.SerializeToString,
-                response_deserializer=stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioResponse.FromString,
+                request_serializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioRequest.SerializeToString,
+                response_deserializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/avsentry.v1.Guard/ListModels',
-                request_serializer=stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.ListModelsResponse.FromString,
+                request_serializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
 
 
@@ -80,18 +80,18 @@ def add_GuardServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'StreamAudio': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamAudio,
-                    request_deserializer=stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.AudioRequest.FromString,
-                    response_serializer=stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.Verdict.SerializeToString,
+                    request_deserializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.AudioRequest.FromString,
+                    response_serializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.Verdict.SerializeToString,
             ),
             'CheckAudio': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckAudio,
-                    request_deserializer=stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioRequest.FromString,
-                    response_serializer=stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioResponse.SerializeToString,
+                    request_deserializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioRequest.FromString,
+                    response_serializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.ListModelsRequest.FromString,
-                    response_serializer=stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.ListModelsRequest.FromString,
+                    response_serializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -119,8 +119,8 @@ class Guard:
             request_iterator,
             target,
             '/avsentry.v1.Guard/StreamAudio',
-            stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.AudioRequest.SerializeToString,
-            stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.Verdict.FromString,
+            avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.AudioRequest.SerializeToString,
+            avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.Verdict.FromString,
             options,
             channel_credentials,
             insecure,
@@ -146,8 +146,8 @@ class Guard:
             request,
             target,
             '/avsentry.v1.Guard/CheckAudio',
-            stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioRequest.SerializeToString,
-            stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioResponse.FromString,
+            avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioRequest.SerializeToString,
+            avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -173,8 +173,8 @@ class Guard:
             request,
             target,
             '/avsentry.v1.Guard/ListModels',
-            stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.ListModelsRequest.SerializeToString,
-            stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.ListModelsResponse.FromString,
+            avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.ListModelsRequest.SerializeToString,
+            avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipelines.audio_io import read_audio
-from pipelines.windowing import frame
-from stream.client import GuardClient
+from avsentry.pipelines.audio_io import read_audio
+from avsentry.pipelines.windowing import frame
+from avsentry.stream.client import GuardClient
 
 CHUNK_MS = 100
 RATE = 16_000
@@ -50,7 +50,7 @@ def _free_port() -> int:
 
 
 def _audio(seconds: float) -> np.ndarray:
-    from stream.commands import demo_clips
+    from avsentry.stream.commands import demo_clips
 
     clip = read_audio(demo_clips()[0], sample_rate_hz=RATE)
     reps = int(np.ceil(seconds * RATE / len(clip)))
@@ -126,7 +126,7 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
     cmd = [
         sys.executable,
         "-m",
-        "stream.cli",
+        "avsentry",
         "serve",
         "--port",
         str(port),

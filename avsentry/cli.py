@@ -263,40 +263,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
-            from stream.offline import run_check
+            from avsentry.stream.offline import run_check
 
             return run_check(args)
         if args.command == "models":
             return _models(args)
         if args.command == "demo":
-            from stream.commands import run_demo
+            from avsentry.stream.commands import run_demo
 
             return run_demo(args)
         if args.command == "serve":
-            from stream.commands import run_serve
+            from avsentry.stream.commands import run_serve
 
             return run_serve(args)
         if args.command == "stream":
-            from stream.commands import run_stream
+            from avsentry.stream.commands import run_stream
 
             return run_stream(args)
         if args.command == "mic":
-            from stream.commands import run_mic
+            from avsentry.stream.commands import run_mic
 
             return run_mic(args)
         if args.command == "train":
-            from tools.train import run_cli
+            from avsentry.tools.train import run_cli
 
             return run_cli(args)
         if args.command == "calibrate":
-            from pipelines.detection import DetectorConfig
-            from stream.offline import detector_config_overrides
-            from tools.calibrate import run_cli as calibrate_cli
+            from avsentry.pipelines.detection import DetectorConfig
+            from avsentry.stream.offline import detector_config_overrides
+            from avsentry.tools.calibrate import run_cli as calibrate_cli
 
             cfg, _ = DetectorConfig.from_card(None, **detector_config_overrides(args))
             return calibrate_cli(args, cfg)
         if args.command == "bench":
-            from tools.bench import run_cli as bench_cli
+            if args.bench == "stream":
+                from avsentry.stream.bench import bench_stream
+
+                bench_stream(args)
+                return EXIT_OK
+            from avsentry.tools.bench import run_cli as bench_cli
 
             return bench_cli(args)
     except KeyboardInterrupt:
@@ -308,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a gRPC status or an audio-source error from a client command: one line
         import grpc
 
-        from stream.sources import SourceError
+        from avsentry.stream.sources import SourceError
 
         if isinstance(e, SourceError):
             print(f"avsentry {args.command}: error: {e}", file=sys.stderr)
@@ -322,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from pipelines.recognizers import embedded_models, read_manifest
+    from avsentry.pipelines.recognizers import embedded_models, read_manifest
 
     rows = []
     for name in embedded_models():
