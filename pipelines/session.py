@@ -1,19 +1,21 @@
 """Window buffering for one audio stream: ``push(chunk) -> windows``, ``flush() -> windows``.
 
 Chunks of interleaved frames at any rate and channel count are downmixed (channel mean) and
-resampled to the model's rate by a stateful libswresample resampler (PyAV), so a stream cut into
+resampled to the model's rate by the project's one resampler
+(:class:`avsentry.pipelines.audio_io.Resampler`, libswresample, stateful), so a stream cut into
 any chunks gives exactly the windows of the whole clip, and the windows are those of
-:func:`pipelines.windowing.frame` over the whole resampled signal: a window every ``hop``
-samples, the last partial one zero-padded.
+:func:`avsentry.pipelines.windowing.frame` over the whole resampled signal: a window every
+``hop`` samples, the last partial one zero-padded. Samples are clipped to [-1, 1] and checked to
+be finite after downmixing and resampling.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 
-import av
 import numpy as np
+
+from avsentry.pipelines.audio_io import Resampler
 
 
 class StreamTooLong(Exception):
@@ -73,12 +75,9 @@ class StreamSession:
         self.window = window
         self.hop = hop
         self.max_input_samples = max_input_samples
-        self._resampler = (
-            av.AudioResampler(format="flt", layout="mono", rate=model_rate_hz)
-            if input_rate_hz != model_rate_hz
-            else None
+        self._resampler = Resampler(
+            input_rate_hz=input_rate_hz, output_rate_hz=model_rate_hz, channels=channels
         )
-        self._pts = 0
         self._buf = np.zeros(0, np.float32)  # model-rate samples from _buf_start on
         self._buf_start = 0
         self._total = 0  # model-rate samples received so far
@@ -91,26 +90,23 @@ class StreamSession:
         """Add ``(frames, channels)`` (or ``(frames,)`` when mono) float32 audio.
 
         Raises:
-            ValueError: wrong shape, or NaN/Inf samples.
+            ValueError: wrong shape, or NaN/Inf samples (before or after resampling).
             StreamTooLong: the stream passed ``max_input_samples``.
         """
         if self._flushed:
             raise RuntimeError("push after flush")
         x = np.asarray(frames, dtype=np.float32)
-        if x.ndim == 1 and self.channels == 1:
-            x = x[:, None]
-        if x.ndim != 2 or x.shape[1] != self.channels:
-            raise ValueError(f"expected (frames, {self.channels}) audio, got shape {x.shape}")
         if not np.isfinite(x).all():
             raise ValueError("audio contains NaN or Inf samples")
-        self.input_samples += len(x)
-        if self.max_input_samples is not None and self.input_samples > self.max_input_samples:
+        n = len(x)
+        if self.max_input_samples is not None and self.input_samples + n > self.max_input_samples:
             raise StreamTooLong(
                 f"stream exceeds {self.max_input_samples / self.input_rate_hz:.0f} s "
                 f"({self.max_input_samples} samples at {self.input_rate_hz} Hz)"
             )
-        mono = x.mean(axis=1) if self.channels > 1 else x[:, 0]
-        self._append(self._resample(mono))
+        mono = self._resampler.push(np.clip(x, -1.0, 1.0))
+        self.input_samples += n
+        self._append(mono)
         return self._windows(final=False)
 
     def flush(self) -> list[Window]:
@@ -118,32 +114,13 @@ class StreamSession:
         if self._flushed:
             return []
         self._flushed = True
-        if self._resampler is not None:
-            self._append(self._drain())
+        self._append(self._resampler.flush())
         return self._windows(final=True)
 
     # -- internals ----------------------------------------------------------------------------
-    def _resample(self, mono: np.ndarray) -> np.ndarray:
-        if self._resampler is None or len(mono) == 0:
-            return mono.astype(np.float32, copy=True)
-        frame = av.AudioFrame.from_ndarray(mono[None, :], format="flt", layout="mono")
-        frame.sample_rate = self.input_rate_hz
-        frame.time_base = Fraction(1, self.input_rate_hz)
-        frame.pts = self._pts
-        self._pts += len(mono)
-        return self._collect(self._resampler.resample(frame))
-
-    def _drain(self) -> np.ndarray:
-        assert self._resampler is not None
-        return self._collect(self._resampler.resample(None))
-
-    @staticmethod
-    def _collect(frames: list) -> np.ndarray:
-        if not frames:
-            return np.zeros(0, np.float32)
-        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float32)
-
     def _append(self, x: np.ndarray) -> None:
+        if not np.isfinite(x).all():
+            raise ValueError("audio is not finite after downmixing and resampling")
         if len(x):
             self._buf = np.concatenate([self._buf, x])
             self._total += len(x)

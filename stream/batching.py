@@ -1,17 +1,21 @@
 """Cross-stream dynamic batching of detector work.
 
-Every active stream submits its windows here. A collector takes the first waiting window, then
+Every active call submits its windows here. A collector takes the first waiting window, then
 keeps taking more until ``max_batch`` windows or ``max_wait_ms`` have passed, groups them by
-detector (model + defence configuration), and runs each group as one batch on a worker thread:
-one batched raw forward pass, the transforms (codec round trips run on their own thread pool),
-and the noisy copies of every window of every stream through the recognizer in device-sized
-batches. The event loop never runs model or codec work. The submission queue is bounded, so a
-saturated server pushes back on its streams (and gRPC flow control on the clients).
+detector (model + defence configuration), and runs each group as one batch on a worker thread.
+The event loop never runs model or codec work. The submission queue is bounded, so a saturated
+server pushes back on its streams (and gRPC flow control on the clients).
+
+Failure isolation: if a batch fails, each of its windows is retried alone, so one window that
+breaks the detector fails only its own call (as INTERNAL, logged with the request id), never the
+other streams in its batch. Windows of calls that were cancelled or ended before their batch ran
+are dropped, not computed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,16 +24,36 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avsentry.pipelines.detection import Detector, WindowVerdict
+from avsentry.stream.errors import InternalError
+
+log = logging.getLogger("avsentry.batching")
 
 
 @dataclass(slots=True)
 class Job:
+    """One window to judge.
+
+    Attributes:
+        key: Seeds the window's noise.
+        start: First sample at the model rate within its stream.
+        state: The stream's detector state (reuse across its windows), or None.
+        request_id: For logs.
+    """
+
     detector: Detector
     window: np.ndarray
     key: int
     final: asyncio.Future
+    start: int = 0
+    state: object | None = None
     interim: asyncio.Future | None = None
+    request_id: str = ""
     enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def abandoned(self) -> bool:
+        """Its call no longer waits for it (cancelled or already failed)."""
+        return self.final.done()
 
 
 class Batcher:
@@ -41,6 +65,7 @@ class Batcher:
         workers: Batches processed concurrently (threads).
         queue_size: Bound on waiting windows; ``submit`` blocks beyond it.
         on_batch: Optional callback ``(batch_size, seconds)`` for metrics.
+        on_drop: Optional callback ``(windows)`` when abandoned windows are dropped.
     """
 
     def __init__(
@@ -51,6 +76,7 @@ class Batcher:
         workers: int = 2,
         queue_size: int = 1024,
         on_batch: Callable[[int, float], None] | None = None,
+        on_drop: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch < 1 or workers < 1 or queue_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch, workers and queue_size must be >= 1 and max_wait_ms >= 0")
@@ -63,6 +89,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Future] = set()
         self._on_batch = on_batch
+        self._on_drop = on_drop
 
     @property
     def depth(self) -> int:
@@ -86,20 +113,32 @@ class Batcher:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def submit(
-        self, detector: Detector, window: np.ndarray, key: int, *, interim: bool = False
+        self,
+        detector: Detector,
+        window: np.ndarray,
+        key: int,
+        *,
+        start: int = 0,
+        state: object | None = None,
+        interim: bool = False,
+        request_id: str = "",
     ) -> tuple[asyncio.Future | None, asyncio.Future]:
         """Queue one window; returns (interim future or None, final future).
 
         The interim future resolves to the raw probabilities ``(classes,)``, the final one to a
-        :class:`~pipelines.detection.WindowVerdict`.
+        :class:`~avsentry.pipelines.detection.WindowVerdict`. Cancel the final future to abandon
+        the window.
         """
         loop = asyncio.get_running_loop()
         job = Job(
             detector=detector,
             window=window,
             key=key,
+            start=start,
+            state=state,
             final=loop.create_future(),
             interim=loop.create_future() if interim else None,
+            request_id=request_id,
         )
         await self._queue.put(job)
         return job.interim, job.final
@@ -118,13 +157,23 @@ class Batcher:
                 except TimeoutError:
                     break
             groups: dict[int, list[Job]] = {}
-            for job in batch:
+            for job in self._live(batch):
                 groups.setdefault(id(job.detector), []).append(job)
             for jobs in groups.values():
                 await self._slots.acquire()
+                jobs = self._live(jobs)  # calls may have ended while waiting for a worker
+                if not jobs:
+                    self._slots.release()
+                    continue
                 fut = loop.run_in_executor(self._executor, self._process, jobs, loop)
                 self._running.add(fut)
                 fut.add_done_callback(self._done)
+
+    def _live(self, jobs: list[Job]) -> list[Job]:
+        live = [j for j in jobs if not j.abandoned]
+        if len(live) < len(jobs) and self._on_drop is not None:
+            self._on_drop(len(jobs) - len(live))
+        return live
 
     def _done(self, fut: asyncio.Future) -> None:
         self._running.discard(fut)
@@ -132,26 +181,49 @@ class Batcher:
 
     def _process(self, jobs: list[Job], loop: asyncio.AbstractEventLoop) -> None:
         t0 = time.perf_counter()
-        detector = jobs[0].detector
-        x = np.stack([j.window for j in jobs])
-
-        def on_raw(raw: np.ndarray) -> None:
-            for j, p in zip(jobs, raw, strict=True):
-                if j.interim is not None:
-                    loop.call_soon_threadsafe(_resolve, j.interim, p, None)
-
         try:
-            verdicts: list[WindowVerdict] = detector.analyze(x, keys=[j.key for j in jobs], on_raw=on_raw)
-        except Exception as e:  # noqa: BLE001 - delivered to every waiting stream
-            for j in jobs:
-                loop.call_soon_threadsafe(_resolve, j.final, None, e)
-                if j.interim is not None:
-                    loop.call_soon_threadsafe(_resolve, j.interim, None, e)
+            verdicts = self._analyze(jobs, loop)
+        except Exception:  # noqa: BLE001 - isolate: retry each window alone
+            if len(jobs) == 1:
+                self._fail(jobs[0], loop)
+                return
+            for job in jobs:
+                if job.abandoned:
+                    continue
+                try:
+                    (v,) = self._analyze([job], loop)
+                except Exception:  # noqa: BLE001 - this window's own failure
+                    self._fail(job, loop)
+                else:
+                    loop.call_soon_threadsafe(_resolve, job.final, v, None)
             return
         for j, v in zip(jobs, verdicts, strict=True):
             loop.call_soon_threadsafe(_resolve, j.final, v, None)
         if self._on_batch is not None:
             self._on_batch(len(jobs), time.perf_counter() - t0)
+
+    @staticmethod
+    def _analyze(jobs: list[Job], loop: asyncio.AbstractEventLoop) -> list[WindowVerdict]:
+        def on_raw(raw: np.ndarray) -> None:
+            for j, p in zip(jobs, raw, strict=True):
+                if j.interim is not None:
+                    loop.call_soon_threadsafe(_resolve, j.interim, p, None)
+
+        detector = jobs[0].detector
+        kwargs: dict = {}
+        if any(j.state is not None for j in jobs):
+            kwargs = {"starts": [j.start for j in jobs], "states": [j.state for j in jobs]}
+        return detector.analyze(
+            np.stack([j.window for j in jobs]), keys=[j.key for j in jobs], on_raw=on_raw, **kwargs
+        )
+
+    @staticmethod
+    def _fail(job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        log.exception("detector failed on a window", extra={"fields": {"request_id": job.request_id}})
+        error = InternalError(f"the detector failed on window at sample {job.start}")
+        loop.call_soon_threadsafe(_resolve, job.final, None, error)
+        if job.interim is not None:
+            loop.call_soon_threadsafe(_resolve, job.interim, None, error)
 
 
 def _resolve(fut: asyncio.Future, value: object, error: BaseException | None) -> None:

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
+from avsentry.pipelines.report import format_line, to_dict
 from avsentry.stream._proto.avsentry.v1 import guard_pb2 as pb
 from avsentry.stream._proto.avsentry.v1 import guard_pb2_grpc as pb_grpc
-from avsentry.stream.convert import encode_pcm
+from avsentry.stream.convert import encode_pcm, record_from_proto
 
 if TYPE_CHECKING:
     from avsentry.stream.sources import AudioSource
@@ -163,9 +164,11 @@ def make_config(
     disable_smoothing: bool = False,
     interim_results: bool = False,
     request_id: str = "",
+    smoothing_representation: str = "",
+    threshold: float | None = None,
 ) -> pb.StreamConfig:
-    """A ``StreamConfig`` message; zeros/empties mean the server's defaults."""
-    return pb.StreamConfig(
+    """A ``StreamConfig`` message; zeros/empties (and ``threshold=None``) mean the server's defaults."""
+    msg = pb.StreamConfig(
         model=model,
         encoding=encoding,
         sample_rate_hz=sample_rate_hz,
@@ -178,29 +181,18 @@ def make_config(
         disable_smoothing=disable_smoothing,
         interim_results=interim_results,
         request_id=request_id,
+        smoothing_representation=smoothing_representation,
     )
+    if threshold is not None:
+        msg.threshold = threshold
+    return msg
 
 
 def format_verdict(v: pb.Verdict, *, prefix: str = "") -> str:
-    """One human-readable line per verdict."""
-    if not v.is_final:
-        return f"{prefix}{v.start_s:6.2f}-{v.end_s:6.2f}s  (interim) raw {v.raw_label} {v.raw_confidence:.2f}"
-    defended = " ".join(f"{d.name}:{d.label}" for d in v.defended if d.name != "smoothing")
-    if v.HasField("smoothed"):
-        sm = "smoothed ABSTAIN" if v.smoothed.abstain else f"smoothed {v.smoothed.label}"
-        if v.smoothed.certified_label:
-            sm += f" (r={v.smoothed.radius:.2f})"
-    else:
-        sm = "smoothed -"
-    status = "FLAGGED: " + "; ".join(v.reasons) if v.flagged else "ok"
-    return (
-        f"{prefix}{v.start_s:6.2f}-{v.end_s:6.2f}s | raw {v.raw_label} {v.raw_confidence:.2f} | {defended} | "
-        f"{sm} | score {v.score:.3f} | {status} | {v.latency_ms:.0f} ms"
-    )
+    """One human-readable line per verdict (the same line ``avsentry check`` prints)."""
+    return format_line(record_from_proto(v), prefix=prefix)
 
 
 def verdict_to_dict(v: pb.Verdict) -> dict:
-    """A JSON-ready dict of a verdict (proto field names)."""
-    from google.protobuf.json_format import MessageToDict
-
-    return MessageToDict(v, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """A JSON-ready dict of a verdict: the one verdict schema (the same as ``check --json``)."""
+    return to_dict(record_from_proto(v))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from avsentry.stream.client import GuardClient, format_verdict, verdict_to_dict
 from avsentry.stream.config import ServerConfig, load_config
+from avsentry.stream.logs import configure as configure_logging
 from avsentry.stream.server import RunningServer, serve_forever, start_server
 
 
@@ -55,6 +56,7 @@ def run_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    configure_logging(config.log_level, config.log_format)
     asyncio.run(serve_forever(config, ready=ready))
     print("avsentry: stopped", flush=True)
     return 0

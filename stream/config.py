@@ -6,11 +6,20 @@ Example ``server.toml`` (every key optional; these are the defaults)::
     address = "127.0.0.1"      # other addresses need [tls] or insecure = true
     port = 50051
     insecure = false
-    max_streams = 64
+    max_streams = 64           # open StreamAudio + CheckAudio calls; RESOURCE_EXHAUSTED past it
     max_stream_s = 3600        # OUT_OF_RANGE past this much audio in one stream
-    max_message_bytes = 4194304
-    max_chunk_ms = 10000
-    grace_s = 5.0              # graceful shutdown
+    max_check_s = 600          # ... or in one CheckAudio file
+    max_message_bytes = 8388608  # RESOURCE_EXHAUSTED past it; bounds a CheckAudio file too
+    max_chunk_ms = 1000        # INVALID_ARGUMENT for a longer chunk (1 s at 192 kHz x 8 ch x
+                               # float32 is 6.1 MB: it must fit in max_message_bytes)
+    in_flight_windows = 4      # per call: windows queued or being judged (fairness, memory)
+    config_timeout_s = 10      # DEADLINE_EXCEEDED when no StreamConfig arrives in time
+    idle_timeout_s = 30        # ... when a stream sends no chunk for this long
+    write_timeout_s = 30       # RESOURCE_EXHAUSTED when a client does not read its verdicts
+    keepalive_s = 60           # HTTP/2 pings on idle connections; dead peers are dropped
+    max_connection_age_s = 3600  # connections are asked to reconnect (GOAWAY) after this...
+                               # ...and open calls get max_stream_s more to finish
+    grace_s = 10.0             # drain: health NOT_SERVING, open calls get this long to finish
 
     [model]
     default = "digits"         # embedded name or manifest path
@@ -18,14 +27,44 @@ Example ``server.toml`` (every key optional; these are the defaults)::
     backend = "torch"          # or "onnx"
     device = "auto"            # cpu, cuda, cuda:N
     torch_threads = 1          # torch intra-op threads per process; 0 = torch's default (all cores).
-                               # 1 leaves the cores to the batch workers and codec threads: on
-                               # 2 cores it took 16 streams from p99 538 ms to 219 ms
+                               # 1 leaves the cores to the batch workers and codec threads
 
     [batching]
     max_batch = 64
     max_wait_ms = 10.0
     workers = 2
     queue_size = 1024
+
+    [capacity]
+    max_load = 0.85            # admit a call only while the committed detector work stays under
+                               # this share of the server's measured throughput; 0 = no admission
+                               # control
+    window_cost_ms = 0         # detector wall time per window of the default defence; 0 = measured
+                               # at start (other configurations are measured when first used)
+
+    [defence]
+    lock = true                # clients may only strengthen the calibrated defence
+    noise_seed = -1            # -1: a secret random seed per server start and fresh noise per
+                               # stream; >= 0: reproducible noise (same audio, same verdict)
+    allowed_transforms = ["aac", "lowpass", "mel_inversion", "mp3", "noise", "opus", "quantize", "resample"]
+    max_transforms = 6
+    min_smoothing_n = 8
+    max_smoothing_n = 128
+    min_sigma = 0.001
+    max_sigma = 2.0
+    min_hop_ms = 100
+    max_detectors = 16         # distinct defence configurations kept built (LRU)
+    hop_ms = 500               # the server's default defence (defaults: the model card's):
+    # transforms = ["mp3", "opus", "aac", "noise"]
+    # smoothing_n = 32
+    # sigma = 0.25
+    # representation = "logmel"
+    # smoothing = true
+    # threshold = 1.8
+
+    [logging]
+    level = "info"             # debug, info, warning, error
+    format = "text"            # text (key=value) or json, one line per event
 
     [metrics]
     port = 0                   # Prometheus text format on http://address:port/metrics; 0 = off
@@ -48,7 +87,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avsentry.pipelines.audio_io import MAX_CHANNELS, MAX_RATE_HZ
+from avsentry.pipelines.transforms import TRANSFORM_NAMES
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+# Bytes of a message around its audio payload (field tags, sequence number); generous.
+MESSAGE_OVERHEAD_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,9 +106,16 @@ class ServerConfig:
     insecure: bool = False
     max_streams: int = 64
     max_stream_s: float = 3600.0
-    max_message_bytes: int = 4 * 1024 * 1024
-    max_chunk_ms: int = 10_000
-    grace_s: float = 5.0
+    max_check_s: float = 600.0
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_chunk_ms: int = 1000
+    in_flight_windows: int = 4
+    config_timeout_s: float = 10.0
+    idle_timeout_s: float = 30.0
+    write_timeout_s: float = 30.0
+    keepalive_s: float = 60.0
+    max_connection_age_s: float = 3600.0
+    grace_s: float = 10.0
     model: str = "digits"
     extra_models: tuple[str, ...] = ()
     backend: str = "torch"
@@ -72,6 +125,27 @@ class ServerConfig:
     max_wait_ms: float = 10.0
     workers: int = 2
     queue_size: int = 1024
+    max_load: float = 0.85
+    window_cost_ms: float = 0.0
+    lock: bool = True
+    noise_seed: int = -1
+    allowed_transforms: tuple[str, ...] = tuple(TRANSFORM_NAMES)
+    max_transforms: int = 6
+    min_smoothing_n: int = 8
+    max_smoothing_n: int = 128
+    min_sigma: float = 0.001
+    max_sigma: float = 2.0
+    min_hop_ms: int = 100
+    max_detectors: int = 16
+    hop_ms: int = 500
+    transforms: tuple[str, ...] | None = None
+    smoothing_n: int | None = None
+    sigma: float | None = None
+    representation: str | None = None
+    smoothing: bool | None = None
+    threshold: float | None = None
+    log_level: str = "info"
+    log_format: str = "text"
     metrics_port: int = 0
     metrics_address: str = "127.0.0.1"
     tls_cert: Path | None = None
@@ -86,16 +160,47 @@ class ServerConfig:
             "max_streams",
             "max_message_bytes",
             "max_chunk_ms",
+            "in_flight_windows",
             "max_batch",
             "workers",
             "queue_size",
+            "max_detectors",
+            "min_hop_ms",
+            "hop_ms",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.max_stream_s <= 0 or self.grace_s < 0 or self.max_wait_ms < 0:
-            raise ValueError("max_stream_s must be > 0, grace_s and max_wait_ms >= 0")
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in (
+            "max_stream_s",
+            "max_check_s",
+            "config_timeout_s",
+            "idle_timeout_s",
+            "write_timeout_s",
+            "keepalive_s",
+            "max_connection_age_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.grace_s < 0 or self.max_wait_ms < 0 or self.window_cost_ms < 0:
+            raise ValueError("grace_s, max_wait_ms and window_cost_ms must be >= 0")
+        if not 0 <= self.max_load <= 1:
+            raise ValueError(f"max_load must be in [0, 1] (0 = no admission control), got {self.max_load}")
+        largest = self.max_chunk_ms * MAX_RATE_HZ * MAX_CHANNELS * 4 // 1000 + MESSAGE_OVERHEAD_BYTES
+        if largest > self.max_message_bytes:
+            raise ValueError(
+                f"max_chunk_ms = {self.max_chunk_ms} allows chunks of {largest} bytes (at {MAX_RATE_HZ} Hz, "
+                f"{MAX_CHANNELS} channels, float32), more than max_message_bytes = {self.max_message_bytes}: "
+                "raise max_message_bytes or lower max_chunk_ms"
+            )
         if self.backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be torch or onnx, got {self.backend!r}")
+        if self.log_level not in LOG_LEVELS or self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log level must be one of {LOG_LEVELS} and format one of {LOG_FORMATS}")
+        unknown = sorted(set(self.allowed_transforms) - set(TRANSFORM_NAMES))
+        if unknown:
+            raise ValueError(f"allowed_transforms: unknown {unknown}; known: {', '.join(TRANSFORM_NAMES)}")
+        if self.noise_seed < -1:
+            raise ValueError("noise_seed must be -1 (secret, random) or >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -121,17 +226,38 @@ class ServerConfig:
         )
         return f"{host}:{self.port}"
 
+    def defence_overrides(self) -> dict[str, Any]:
+        """The ``[defence]`` defaults as ``DetectorConfig.from_card`` overrides (None = the card's)."""
+        return {
+            "transforms": self.transforms,
+            "n": self.smoothing_n,
+            "sigma": self.sigma,
+            "representation": self.representation,
+            "smoothing": self.smoothing,
+            "threshold": self.threshold,
+        }
+
 
 _TOML_KEYS = {
     "server": {
-        "address": "address",
-        "port": "port",
-        "insecure": "insecure",
-        "max_streams": "max_streams",
-        "max_stream_s": "max_stream_s",
-        "max_message_bytes": "max_message_bytes",
-        "max_chunk_ms": "max_chunk_ms",
-        "grace_s": "grace_s",
+        k: k
+        for k in (
+            "address",
+            "port",
+            "insecure",
+            "max_streams",
+            "max_stream_s",
+            "max_check_s",
+            "max_message_bytes",
+            "max_chunk_ms",
+            "in_flight_windows",
+            "config_timeout_s",
+            "idle_timeout_s",
+            "write_timeout_s",
+            "keepalive_s",
+            "max_connection_age_s",
+            "grace_s",
+        )
     },
     "model": {
         "default": "model",
@@ -140,16 +266,36 @@ _TOML_KEYS = {
         "device": "device",
         "torch_threads": "torch_threads",
     },
-    "batching": {
-        "max_batch": "max_batch",
-        "max_wait_ms": "max_wait_ms",
-        "workers": "workers",
-        "queue_size": "queue_size",
+    "batching": {k: k for k in ("max_batch", "max_wait_ms", "workers", "queue_size")},
+    "capacity": {k: k for k in ("max_load", "window_cost_ms")},
+    "defence": {
+        k: k
+        for k in (
+            "lock",
+            "noise_seed",
+            "allowed_transforms",
+            "max_transforms",
+            "min_smoothing_n",
+            "max_smoothing_n",
+            "min_sigma",
+            "max_sigma",
+            "min_hop_ms",
+            "max_detectors",
+            "hop_ms",
+            "transforms",
+            "smoothing_n",
+            "sigma",
+            "representation",
+            "smoothing",
+            "threshold",
+        )
     },
+    "logging": {"level": "log_level", "format": "log_format"},
     "metrics": {"port": "metrics_port", "address": "metrics_address"},
     "tls": {"cert": "tls_cert", "key": "tls_key", "client_ca": "tls_client_ca"},
     "auth": {"token": "token", "token_file": "token_file"},
 }
+_TUPLES = ("extra_models", "allowed_transforms", "transforms")
 
 
 def load_config(path: Path | None, **overrides: Any) -> ServerConfig:
@@ -174,7 +320,8 @@ def load_config(path: Path | None, **overrides: Any) -> ServerConfig:
                 raise ValueError(f"{path}: unknown section [{section}] (known: {', '.join(_TOML_KEYS)})")
             for key, value in table.items():
                 if key not in _TOML_KEYS[section]:
-                    raise ValueError(f"{path}: unknown key {key!r} in [{section}]")
+                    known = ", ".join(_TOML_KEYS[section])
+                    raise ValueError(f"{path}: unknown key {key!r} in [{section}] (known: {known})")
                 name = _TOML_KEYS[section][key]
                 if section == "tls" or name == "token_file":
                     value = base / value
@@ -198,6 +345,11 @@ def load_config(path: Path | None, **overrides: Any) -> ServerConfig:
     for name in ("tls_cert", "tls_key", "tls_client_ca"):
         if values.get(name) is not None:
             values[name] = Path(values[name])
+    for name in _TUPLES:
+        if values.get(name) is not None:
+            if isinstance(values[name], str) or not all(isinstance(v, str) for v in values[name]):
+                raise ValueError(f"{name} must be a list of strings")
+            values[name] = tuple(values[name])
     try:
         return ServerConfig(**values)
     except TypeError as e:

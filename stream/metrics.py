@@ -26,9 +26,23 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("avsentry_queue_depth", "Windows waiting for a batch", registry=r)
-        self.active_streams = Gauge("avsentry_active_streams", "Open StreamAudio calls", registry=r)
+        self.active_streams = Gauge(
+            "avsentry_active_streams", "Open StreamAudio and CheckAudio calls", registry=r
+        )
         self.errors = Counter(
             "avsentry_stream_errors", "Calls ended with an error status", ["code"], registry=r
+        )
+        self.load = Gauge(
+            "avsentry_load",
+            "Committed detector work of the open calls, as a share of the server's throughput",
+            registry=r,
+        )
+        self.detector_cache = Counter(
+            "avsentry_detector_cache", "Detector cache lookups and evictions", ["event"], registry=r
+        )
+        self.detectors = Gauge("avsentry_detectors", "Detectors built (defence configurations)", registry=r)
+        self.dropped = Counter(
+            "avsentry_windows_dropped", "Windows of ended calls dropped before judging", registry=r
         )
 
     def serve(self, port: int, address: str) -> int:

@@ -22,8 +22,9 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, Protocol, Self
 
-import av
 import numpy as np
+
+from avsentry.pipelines.audio_io import AudioFile, AudioReadError
 
 
 class SourceError(Exception):
@@ -128,41 +129,29 @@ class FileSource(AudioSource):
         self._started = False
         self._running = False
         try:
-            self._container: Any = av.open(str(self.path))
-        except (av.error.FFmpegError, ValueError, UnicodeDecodeError) as e:
-            raise SourceError(f"{self.path}: cannot open as audio ({_one_line(e)})") from e
+            self._file = AudioFile(self.path)
+        except AudioReadError as e:
+            raise SourceError(str(e)) from e
         try:
-            if not self._container.streams.audio:
-                raise SourceError(f"{self.path}: no audio stream")
-            self._frames = self._decode(self._container.streams.audio[0])
-            head = next(self._frames, None)
-            if head is None:
+            self._frames = self._decode()
+            first = next(self._frames, None)
+            if first is None:
                 raise SourceError(f"{self.path}: no audio samples")
-            first = self._to_array(head)
         except BaseException:
-            self._container.close()
+            self._file.close()
             raise
-        self.sample_rate_hz: int = int(head.sample_rate)
-        self.channels: int = first.shape[1]
+        self.sample_rate_hz: int = self._file.info.sample_rate_hz
+        self.channels: int = self._file.info.channels
         self.chunk_frames = _frames_for(self.sample_rate_hz, chunk_ms)
         self._first: np.ndarray | None = first
         self._max_frames = None if max_seconds is None else max(1, round(max_seconds * self.sample_rate_hz))
 
-    def _decode(self, stream: Any) -> Iterator[Any]:
-        """Decoded non-empty frames as packed float32, in the first frame's rate and layout."""
-        resampler = av.AudioResampler(format="flt")  # sample format only: rate and layout kept
+    def _decode(self) -> Iterator[np.ndarray]:
+        """Decoded ``(frames, channels)`` float32 blocks (the project's one decoder)."""
         try:
-            for frame in self._container.decode(stream):
-                yield from (out for out in resampler.resample(frame) if out.samples)
-            yield from (out for out in resampler.resample(None) if out.samples)
-        except (av.error.FFmpegError, ValueError) as e:
-            raise SourceError(f"{self.path}: cannot decode audio ({_one_line(e)})") from e
-
-    def _to_array(self, frame: Any) -> np.ndarray:
-        block = frame.to_ndarray().reshape(frame.samples, -1)
-        if not np.isfinite(block).all():
-            raise SourceError(f"{self.path}: audio contains NaN or Inf samples")
-        return np.clip(block, -1.0, 1.0).astype(np.float32, copy=False)
+            yield from self._file.blocks()
+        except AudioReadError as e:
+            raise SourceError(str(e)) from e
 
     def _rechunked(self) -> Iterator[np.ndarray]:
         """Fixed-size chunks cut from the decoded blocks, capped at ``max_seconds``."""
@@ -170,7 +159,7 @@ class FileSource(AudioSource):
         held = 0
         left = self._max_frames if self._max_frames is not None else math.inf
         first, self._first = self._first, None
-        blocks: Iterator[np.ndarray] = (self._to_array(f) for f in self._frames)
+        blocks: Iterator[np.ndarray] = self._frames
         if first is not None:
             blocks = _prepend(first, blocks)
         for block in blocks:
@@ -221,14 +210,14 @@ class FileSource(AudioSource):
         finally:
             with self._lock:
                 self._running = False
-                self._container.close()
+                self._file.close()
 
     def close(self) -> None:
         """Stop :meth:`chunks` at its next chunk (or at once if it is sleeping); close the file."""
         with self._lock:
             self._closed.set()
             if not self._running:
-                self._container.close()
+                self._file.close()
 
 
 def _prepend(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

@@ -35,8 +35,9 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly
 from tqdm import tqdm
+
+from avsentry.pipelines.audio_io import resample
 
 SAMPLE_RATE_HZ = 16_000
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -176,11 +177,8 @@ def _wav_to_float(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def to_rate(x: np.ndarray, rate: int, target: int = SAMPLE_RATE_HZ) -> np.ndarray:
-    """Polyphase resampling to ``target`` Hz."""
-    if rate == target:
-        return x
-    g = np.gcd(rate, target)
-    return resample_poly(x, target // g, rate // g).astype(np.float32)
+    """Resampling to ``target`` Hz with the project's one resampler (libswresample)."""
+    return resample(x, rate, target)
 
 
 def trim_silence(x: np.ndarray, *, margin_s: float = 0.03, rel_db: float = -40.0) -> np.ndarray:

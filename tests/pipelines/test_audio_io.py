@@ -121,3 +121,83 @@ def test_frame_covers_the_signal(n, expected_starts) -> None:
 def test_frame_rejects_bad_sizes() -> None:
     with pytest.raises(ValueError):
         frame(np.zeros(10), window=0, hop=1)
+
+
+def _raw_wav(path, rate: int, channels: int, frames: int) -> None:
+    """A PCM16 WAV written byte by byte, so its header can say anything (any rate, 62 channels...)."""
+    import struct
+
+    data = (np.random.default_rng(0).standard_normal((frames, channels)) * 3000).astype("<i2").tobytes()
+    block = 2 * channels
+    size = len(data)
+    header = (
+        b"RIFF"
+        + struct.pack("<I", 36 + size)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * block, block, 16)
+        + b"data"
+        + struct.pack("<I", size)
+    )
+    path.write_bytes(header + data)
+
+
+def test_eight_channel_wav_is_downmixed(tmp_path) -> None:
+    """An 8-channel WAV once crashed the process inside PyAV's multi-plane resampler."""
+    _raw_wav(tmp_path / "c8.wav", 16000, 8, 16000)
+    x = read_audio(tmp_path / "c8.wav", sample_rate_hz=16000)
+    ref = np.frombuffer((tmp_path / "c8.wav").read_bytes()[44:], "<i2").reshape(-1, 8) / 32768
+    np.testing.assert_allclose(x, ref.mean(axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "message"),
+    [
+        (1, 1, "sample rate 1 Hz"),
+        (687_873_856, 1, "sample rate 687873856 Hz"),
+        (16000, 29, "29 channels"),
+        (16000, 62, "62 channels"),
+    ],
+)
+def test_header_out_of_limits_is_refused_before_decoding(tmp_path, rate, channels, message) -> None:
+    from avsentry.pipelines.audio_io import AudioFile
+
+    _raw_wav(tmp_path / "bad.wav", rate, channels, 200)
+    with pytest.raises(AudioReadError, match=message):
+        AudioFile(tmp_path / "bad.wav")
+
+
+def test_duration_cap_stops_decoding(tmp_path) -> None:
+    from avsentry.pipelines.audio_io import AudioFile, AudioLimits, AudioTooLong
+
+    _raw_wav(tmp_path / "long.wav", 16000, 1, 16000 * 5)
+    with pytest.raises(AudioTooLong, match="at most 2 s"):  # the header says 5 s
+        AudioFile(tmp_path / "long.wav", AudioLimits(max_seconds=2))
+    # within the header's 1 s slack (declared durations are estimates for some formats): the
+    # decoder stops at the cap
+    _raw_wav(tmp_path / "slack.wav", 16000, 1, 16000 * 5 // 2)
+    with AudioFile(tmp_path / "slack.wav", AudioLimits(max_seconds=2)) as f:
+        seen = 0
+        with pytest.raises(AudioTooLong, match="more than 2 s"):
+            for block in f.blocks():
+                seen += len(block)
+        assert seen <= 2 * 16000
+
+
+def test_resampler_chunking_does_not_change_the_output() -> None:
+    from avsentry.pipelines.audio_io import Resampler, resample
+
+    x = np.random.default_rng(1).uniform(-1, 1, (44100, 2)).astype(np.float32)
+    whole = resample(x.mean(axis=1), 44100, 16000)
+    r = Resampler(input_rate_hz=44100, output_rate_hz=16000, channels=2)
+    parts = [r.push(x[s : s + 777]) for s in range(0, len(x), 777)] + [r.flush()]
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-6)
+
+
+def test_huge_float_samples_cannot_overflow_the_downmix() -> None:
+    """Float32 stereo at +-3.4e38 once summed to Inf in the downmix and failed other streams' windows."""
+    from avsentry.pipelines.session import StreamSession
+
+    s = StreamSession(input_rate_hz=16000, channels=2, model_rate_hz=16000, window=16000, hop=8000)
+    big = np.full((16000, 2), np.finfo(np.float32).max, np.float32)
+    (w,) = s.push(big)
+    assert np.isfinite(w.samples).all() and w.samples.max() == 1.0

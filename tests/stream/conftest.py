@@ -16,16 +16,20 @@ from avsentry.stream.config import ServerConfig
 
 @pytest.fixture(scope="session")
 def server():
-    """The default server (embedded model, CPU) with small caps so limits are cheap to hit."""
+    """The default server (embedded model, CPU, locked defence) with small caps so limits are cheap
+    to hit, and a fixed noise seed so its verdicts are reproducible (stream == whole-file check)."""
     cfg = ServerConfig(
         port=0,
         device="cpu",
         max_streams=12,
         max_stream_s=20.0,
-        max_message_bytes=256 * 1024,
-        max_chunk_ms=2000,
+        max_check_s=20.0,
+        max_message_bytes=1024 * 1024,
+        max_chunk_ms=170,
         metrics_port=0,
         grace_s=2.0,
+        noise_seed=0,
+        max_load=0,
     )
     with local_server(cfg) as running:
         yield running

@@ -167,12 +167,12 @@ BAD_INPUTS = {
         "bitrate",
     ),
     "oversize message": (
-        [_config(), _chunk(0, np.zeros(300 * 1024, np.uint8).tobytes())],
+        [_config(), _chunk(0, np.zeros(1100 * 1024, np.uint8).tobytes())],
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "",
     ),
     "stream too long": (
-        [_config()] + [_chunk(k, np.zeros(16000 * 2, "<i2").tobytes()) for k in range(12)],
+        [_config()] + [_chunk(k, np.zeros(1600, "<i2").tobytes()) for k in range(210)],
         grpc.StatusCode.OUT_OF_RANGE,
         "exceeds",
     ),
@@ -255,26 +255,6 @@ def test_client_disconnect_leaves_server_healthy(chunks_of, server, client, digi
     assert len(list(client.stream(chunks_of(digit_audio[:16000]), sample_rate_hz=16000))) == 1
 
 
-def test_draining_server_refuses_new_streams_but_finishes_open_ones(chunks_of, digit_audio) -> None:
-    with local_server(ServerConfig(port=0, device="cpu", grace_s=10)) as srv:
-        with GuardClient(f"127.0.0.1:{srv.port}", timeout_s=60) as c:
-            gate = threading.Event()
-
-            def chunks():
-                yield from chunks_of(digit_audio[:16000])
-                gate.wait(30)
-                yield from chunks_of(digit_audio[16000:32000])
-
-            open_stream = c.stream(chunks(), sample_rate_hz=16000)
-            assert next(open_stream).window_index == 0
-            srv.service.draining = True
-            with pytest.raises(grpc.RpcError) as e:
-                list(c.stream(chunks_of(digit_audio[:16000]), sample_rate_hz=16000))
-            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-            gate.set()
-            assert [v.window_index for v in open_stream][-1] >= 2
-
-
 def test_list_models_health_and_reflection(client) -> None:
     (m,) = client.list_models()
     card = read_manifest("digits").extra
@@ -289,14 +269,16 @@ def test_list_models_health_and_reflection(client) -> None:
     assert {"avsentry.v1.Guard", "grpc.health.v1.Health"} <= names
 
 
-def test_check_audio_with_raw_pcm_and_bad_file(client, digit_audio) -> None:
+def test_check_audio_with_raw_pcm_and_bad_file(client, digit_audio, digit_wav) -> None:
+    """Raw PCM in one call gives the windows (and labels) of the same audio sent as a file."""
     pcm = (np.clip(digit_audio, -1, 1) * 32767).astype("<i2").tobytes()
-    cfg = make_config(
-        encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=16000, transforms=["none"], disable_smoothing=True
-    )
+    cfg = make_config(encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=16000)
     resp = client.stub.CheckAudio(pb.CheckAudioRequest(config=cfg, pcm=pcm))
     assert len(resp.verdicts) == expected_windows(len(digit_audio))
-    assert all(len(v.defended) == 0 and not v.HasField("smoothed") for v in resp.verdicts)
+    from_file = client.check_file(digit_wav)
+    assert [(v.start_sample, v.raw_label) for v in resp.verdicts] == [
+        (v.start_sample, v.raw_label) for v in from_file
+    ]
     with pytest.raises(grpc.RpcError) as e:
         client.stub.CheckAudio(pb.CheckAudioRequest(config=cfg, file=b"not audio at all" * 20))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -180,7 +180,7 @@ def test_unreadable_files_are_one_line_source_errors(tmp_path, case) -> None:
     expected = {
         "missing": "no such file",
         "directory": "not a regular file",
-        "garbage": "cannot open as audio",
+        "garbage": "cannot decode audio",
         "empty": "no audio samples",
     }[case]
     with pytest.raises(SourceError, match=expected) as err:

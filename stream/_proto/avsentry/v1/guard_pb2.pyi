@@ -17,7 +17,7 @@ AUDIO_ENCODING_PCM16: AudioEncoding
 AUDIO_ENCODING_FLOAT32: AudioEncoding
 
 class StreamConfig(_message.Message):
-    __slots__ = ("model", "encoding", "sample_rate_hz", "channels", "window_ms", "hop_ms", "transforms", "smoothing_n", "smoothing_sigma", "disable_smoothing", "interim_results", "request_id")
+    __slots__ = ("model", "encoding", "sample_rate_hz", "channels", "window_ms", "hop_ms", "transforms", "smoothing_n", "smoothing_sigma", "disable_smoothing", "interim_results", "request_id", "smoothing_representation", "threshold")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,8 @@ class StreamConfig(_message.Message):
     DISABLE_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SMOOTHING_REPRESENTATION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     model: str
     encoding: AudioEncoding
     sample_rate_hz: int
@@ -42,7 +44,9 @@ class StreamConfig(_message.Message):
     disable_smoothing: bool
     interim_results: bool
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., channels: _Optional[int] = ..., window_ms: _Optional[int] = ..., hop_ms: _Optional[int] = ..., transforms: _Optional[_Iterable[str]] = ..., smoothing_n: _Optional[int] = ..., smoothing_sigma: _Optional[float] = ..., disable_smoothing: _Optional[bool] = ..., interim_results: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    smoothing_representation: str
+    threshold: float
+    def __init__(self, model: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., channels: _Optional[int] = ..., window_ms: _Optional[int] = ..., hop_ms: _Optional[int] = ..., transforms: _Optional[_Iterable[str]] = ..., smoothing_n: _Optional[int] = ..., smoothing_sigma: _Optional[float] = ..., disable_smoothing: _Optional[bool] = ..., interim_results: _Optional[bool] = ..., request_id: _Optional[str] = ..., smoothing_representation: _Optional[str] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("sequence", "data")
@@ -98,7 +102,7 @@ class SmoothedPrediction(_message.Message):
     def __init__(self, label: _Optional[str] = ..., abstain: _Optional[bool] = ..., counts: _Optional[_Mapping[str, int]] = ..., p_value: _Optional[float] = ..., certified_label: _Optional[str] = ..., radius: _Optional[float] = ..., p_lower: _Optional[float] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("request_id", "window_index", "start_sample", "end_sample", "start_s", "end_s", "model", "raw_label", "raw_confidence", "defended", "smoothed", "score", "threshold", "flagged", "reasons", "latency_ms", "is_final")
+    __slots__ = ("request_id", "window_index", "start_sample", "end_sample", "start_s", "end_s", "model", "raw_label", "raw_confidence", "defended", "smoothed", "score", "threshold", "flagged", "reasons", "latency_ms", "is_final", "calibrated")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WINDOW_INDEX_FIELD_NUMBER: _ClassVar[int]
     START_SAMPLE_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +120,7 @@ class Verdict(_message.Message):
     REASONS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     window_index: int
     start_sample: int
@@ -133,7 +138,8 @@ class Verdict(_message.Message):
     reasons: _containers.RepeatedScalarFieldContainer[str]
     latency_ms: float
     is_final: bool
-    def __init__(self, request_id: _Optional[str] = ..., window_index: _Optional[int] = ..., start_sample: _Optional[int] = ..., end_sample: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., model: _Optional[str] = ..., raw_label: _Optional[str] = ..., raw_confidence: _Optional[float] = ..., defended: _Optional[_Iterable[_Union[DefendedPrediction, _Mapping]]] = ..., smoothed: _Optional[_Union[SmoothedPrediction, _Mapping]] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., flagged: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ..., latency_ms: _Optional[float] = ..., is_final: _Optional[bool] = ...) -> None: ...
+    calibrated: bool
+    def __init__(self, request_id: _Optional[str] = ..., window_index: _Optional[int] = ..., start_sample: _Optional[int] = ..., end_sample: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., model: _Optional[str] = ..., raw_label: _Optional[str] = ..., raw_confidence: _Optional[float] = ..., defended: _Optional[_Iterable[_Union[DefendedPrediction, _Mapping]]] = ..., smoothed: _Optional[_Union[SmoothedPrediction, _Mapping]] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., flagged: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ..., latency_ms: _Optional[float] = ..., is_final: _Optional[bool] = ..., calibrated: _Optional[bool] = ...) -> None: ...
 
 class CheckAudioRequest(_message.Message):
     __slots__ = ("config", "file", "pcm")
