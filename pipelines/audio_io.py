@@ -100,6 +100,10 @@ def _info(container: av.container.InputContainer, what: str) -> tuple[AudioInfo,
         raise AudioReadError(f"{what}: no audio stream")
     stream = container.streams.audio[0]
     ctx = stream.codec_context
+    if ctx is None or not ctx.sample_rate or ctx.layout is None:
+        raise AudioReadError(
+            f"{what}: no decoder for this audio stream, or no rate and channels in its header"
+        )
     duration = None
     if stream.duration is not None and stream.time_base:
         duration = float(stream.duration * stream.time_base)

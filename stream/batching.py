@@ -182,6 +182,13 @@ class Batcher:
     def _process(self, jobs: list[Job], loop: asyncio.AbstractEventLoop) -> None:
         t0 = time.perf_counter()
         try:
+            self._judge(jobs, loop)
+        finally:
+            if self._on_batch is not None:
+                self._on_batch(len(jobs), time.perf_counter() - t0)
+
+    def _judge(self, jobs: list[Job], loop: asyncio.AbstractEventLoop) -> None:
+        try:
             verdicts = self._analyze(jobs, loop)
         except Exception:  # noqa: BLE001 - isolate: retry each window alone
             if len(jobs) == 1:
@@ -199,8 +206,6 @@ class Batcher:
             return
         for j, v in zip(jobs, verdicts, strict=True):
             loop.call_soon_threadsafe(_resolve, j.final, v, None)
-        if self._on_batch is not None:
-            self._on_batch(len(jobs), time.perf_counter() - t0)
 
     @staticmethod
     def _analyze(jobs: list[Job], loop: asyncio.AbstractEventLoop) -> list[WindowVerdict]:
