@@ -1,13 +1,14 @@
 """``avsentry bench stream``: verdict latency and capacity under concurrent real-time streams.
 
-Starts ``avsentry serve`` in a subprocess (its own interpreter, as in production), then for each
-stream count N runs N client streams at once (their starts spread over one hop, or all in step
-with ``--sync``), each sending the bundled clean demo clip tiled to
-``--seconds`` of audio in 100 ms chunks paced at real time. For every verdict it records the
+Starts ``avsentry serve`` in a subprocess (its own interpreter, as in production; or uses the
+server at ``--target``), then for each stream count N runs N client streams at once (their starts
+spread over one hop, or all in step with ``--sync``), each sending the bundled clean demo clip
+tiled to ``--seconds`` of audio in 100 ms chunks paced at real time. For every verdict it records the
 latency from the moment the chunk completing its window was sent to the moment the verdict
 arrived. Prints p50/p95/p99 latency, the real-time factor (wall time from the first chunk to the
 last verdict over audio duration; 1.0 is the floor for paced streams), windows lost (expected -
-received; must be 0), and the largest N that stayed within the p99 budget with nothing lost.
+received; must be 0), streams refused by admission control (RESOURCE_EXHAUSTED before any
+verdict), and the largest N that stayed within the p99 budget with nothing lost or refused.
 Not a test: nothing is asserted.
 """
 
@@ -19,10 +20,12 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
 
 from avsentry.pipelines.audio_io import read_audio
@@ -41,6 +44,7 @@ class StreamResult:
     expected: int = 0
     wall_s: float = 0.0
     error: str | None = None
+    refused: bool = False  # RESOURCE_EXHAUSTED before any verdict: admission control said no
 
 
 def _free_port() -> int:
@@ -82,6 +86,9 @@ def _one_stream(target: str, audio: np.ndarray, cfg: dict, result: StreamResult,
                 result.server_latencies_ms.append(v.latency_ms)
                 result.received += 1
         result.wall_s = time.perf_counter() - start_at
+    except grpc.RpcError as e:  # counted as lost windows and reported
+        result.error = f"{e.code().name}: {e.details()}"
+        result.refused = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and result.received == 0
     except Exception as e:  # noqa: BLE001 - counted as lost windows and reported
         result.error = f"{type(e).__name__}: {e}"
 
@@ -108,6 +115,7 @@ def run_level(target: str, n: int, audio: np.ndarray, cfg: dict, *, sync: bool =
         "streams": n,
         "windows": int(sum(r.received for r in results)),
         "lost": int(sum(r.expected - r.received for r in results)),
+        "refused": sum(1 for r in results if r.refused),
         "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
         "p95_ms": float(np.percentile(lat, 95)) if lat.size else float("nan"),
         "p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
@@ -118,81 +126,85 @@ def run_level(target: str, n: int, audio: np.ndarray, cfg: dict, *, sync: bool =
     return out
 
 
+def _start_server(args: argparse.Namespace, log) -> tuple[subprocess.Popen, str]:
+    """``avsentry serve`` in its own interpreter, as in production; returns it and its address."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "avsentry", "serve", "--port", str(port), "--log-level", "warning"]
+    cmd += ["--device", args.device, "--backend", args.backend, "--workers", str(args.workers)]
+    cmd += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    if args.torch_threads is not None:
+        cmd += ["--torch-threads", str(args.torch_threads)]
+    if getattr(args, "max_load", None) is not None:
+        cmd += ["--max-load", str(args.max_load)]
+    server = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    if "serving" not in line:
+        server.kill()
+        log.seek(0)
+        raise RuntimeError(f"server did not start: {line.strip()} {log.read()[-2000:]}")
+    return server, f"127.0.0.1:{port}"
+
+
 def bench_stream(args: argparse.Namespace) -> list[dict]:
+    """Run the benchmark; returns one row per stream count."""
     counts = [int(x) for x in str(args.streams).split(",") if x.strip()]
     if not counts or min(counts) < 1:
         raise ValueError("--streams needs positive integers, e.g. 1,8,16,24")
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "avsentry",
-        "serve",
-        "--port",
-        str(port),
-        "--device",
-        args.device,
-        "--backend",
-        args.backend,
-        "--workers",
-        str(args.workers),
-        "--max-batch",
-        str(args.max_batch),
-        "--max-wait-ms",
-        str(args.max_wait_ms),
-    ]
-    if args.torch_threads is not None:
-        cmd += ["--torch-threads", str(args.torch_threads)]
-    server = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    target = f"127.0.0.1:{port}"
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        if "serving" not in line:
-            raise RuntimeError(f"server did not start: {line.strip()} {server.stdout.read()[-2000:]}")
-        cfg: dict = {"smoothing_n": args.n}
-        if args.transforms is not None:
-            cfg["transforms"] = [t for t in args.transforms.split(",") if t] or ["none"]
-        audio = _audio(args.seconds)
-        print(
-            f"# avsentry bench stream: {args.seconds:g} s of speech per stream, {CHUNK_MS} ms chunks at real "
-            f"time ({'all in step' if args.sync else 'starts spread over one hop'}), n={args.n}, "
-            f"transforms={cfg.get('transforms', 'model default')}, device={args.device}, "
-            f"workers={args.workers}, max_batch={args.max_batch}, cpus={os.cpu_count()}",
-            flush=True,
-        )
-        print(
-            f"{'streams':>7} {'windows':>7} {'lost':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-            f"{'srv p99':>8} {'RTF':>6}",
-            flush=True,
-        )
-        rows = []
-        for n in counts:
-            r = run_level(target, n, audio, cfg, sync=args.sync)
-            rows.append(r)
-            print(
-                f"{r['streams']:7d} {r['windows']:7d} {r['lost']:5d} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} "
-                f"{r['p99_ms']:8.1f} {r['server_p99_ms']:8.1f} {r['rtf']:6.3f}"
-                + (f"  errors: {r['errors']}" if r["errors"] else ""),
-                flush=True,
-            )
-        ok = [r["streams"] for r in rows if r["lost"] == 0 and r["p99_ms"] <= args.p99_ms]
-        best = max(ok) if ok else 0
-        print(
-            f"largest N in real time (p99 <= {args.p99_ms:g} ms, 0 lost) among those run: {best}", flush=True
-        )
-        if args.json:
-            print(json.dumps({"rows": rows, "largest_realtime_streams": best}))
-        return rows
-    finally:
-        server.terminate()
+    target = getattr(args, "target", None)
+    with tempfile.TemporaryFile("w+") as log:
+        server = None
+        if not target:
+            server, target = _start_server(args, log)
         try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            return _run_levels(args, target, counts, started=server is not None)
+        finally:
+            if server is not None:
+                server.terminate()
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+
+
+def _run_levels(args: argparse.Namespace, target: str, counts: list[int], *, started: bool) -> list[dict]:
+    cfg: dict = {"smoothing_n": args.n}
+    if args.transforms is not None:
+        cfg["transforms"] = [t for t in args.transforms.split(",") if t] or ["none"]
+    audio = _audio(args.seconds)
+    where = (
+        f"a local avsentry serve (workers={args.workers}, max_batch={args.max_batch})" if started else target
+    )
+    print(
+        f"# avsentry bench stream: {args.seconds:g} s of speech per stream, {CHUNK_MS} ms chunks at real "
+        f"time ({'all in step' if args.sync else 'starts spread over one hop'}), n={args.n}, "
+        f"transforms={cfg.get('transforms', 'model default')}, device={args.device}, server: {where}, "
+        f"cpus={os.cpu_count()}",
+        flush=True,
+    )
+    print(
+        f"{'streams':>7} {'refused':>7} {'windows':>7} {'lost':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+        f"{'srv p99':>8} {'RTF':>6}",
+        flush=True,
+    )
+    rows = []
+    for n in counts:
+        r = run_level(target, n, audio, cfg, sync=args.sync)
+        rows.append(r)
+        print(
+            f"{r['streams']:7d} {r['refused']:7d} {r['windows']:7d} {r['lost']:5d} {r['p50_ms']:8.1f} "
+            f"{r['p95_ms']:8.1f} {r['p99_ms']:8.1f} {r['server_p99_ms']:8.1f} {r['rtf']:6.3f}"
+            + (f"  errors: {r['errors']}" if r["errors"] else ""),
+            flush=True,
+        )
+    ok = [r["streams"] for r in rows if r["lost"] == 0 and r["p99_ms"] <= args.p99_ms]
+    best = max(ok) if ok else 0
+    print(
+        f"largest N in real time (p99 <= {args.p99_ms:g} ms, 0 lost, none refused) among those run: {best}",
+        flush=True,
+    )
+    if args.json:
+        print(json.dumps({"rows": rows, "largest_realtime_streams": best}))
+    return rows

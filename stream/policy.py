@@ -102,12 +102,12 @@ class DefencePolicy:
                         f"{name}: parameter {key!r} is not client-settable (settable: {allowed})"
                     )
                 bound = bounds[key]
-                number = not isinstance(value, bool) and isinstance(value, int | float)
+                number = None if isinstance(value, bool | str) else float(value)
                 if isinstance(bound, frozenset):
-                    if not number or value not in bound:
+                    if number is None or number not in bound:
                         allowed = ", ".join(f"{v:g}" for v in sorted(bound))
                         raise InvalidRequest(f"{name}: {key} must be one of {allowed}, got {value!r}")
-                elif not number or not bound[0] <= value <= bound[1]:
+                elif number is None or not bound[0] <= number <= bound[1]:
                     raise InvalidRequest(
                         f"{name}: {key} must be a number in [{bound[0]:g}, {bound[1]:g}], got {value!r}"
                     )

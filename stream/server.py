@@ -35,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from avsentry.pipelines.audio_io import AudioFile, AudioLimits
+from avsentry.pipelines.audio_io import AudioFile, AudioLimits, AudioTooLong
 from avsentry.pipelines.detection import Detector
 from avsentry.pipelines.report import VerdictRecord, from_verdict, window_fields
 from avsentry.pipelines.session import StreamSession, Window
@@ -565,6 +565,11 @@ class GuardService:
                     audio.close()
             else:
                 max_frames = int(self.config.max_check_s * settings.sample_rate_hz)
+                seconds = len(request.pcm) // settings.frame_bytes / settings.sample_rate_hz
+                if seconds > self.config.max_check_s:
+                    raise AudioTooLong(
+                        f"{seconds:.0f} s of audio, at most {self.config.max_check_s:g} s accepted"
+                    )
                 frames = convert.decode_chunk(request.pcm, settings, max_frames=max_frames)
                 step = max(1, int(_CHECK_STEP_S * settings.sample_rate_hz))
                 for s in range(0, len(frames), step):
