@@ -1,8 +1,23 @@
-"""The ``avsentry`` command line.
+"""The ``avsentry`` command line: one tool over the server, its clients and the offline commands.
 
-Online commands live here (the server and its clients, from the streaming issue); offline ones
-(``check``, ``train``, ``calibrate``, ``bench``) are thin wrappers over ``pipelines`` and
-``tools``, imported lazily so ``avsentry --help`` stays fast.
+Commands share option groups, built once and attached with argparse ``parents=``, so a flag has
+the same name, type, default and meaning wherever it appears:
+
+- **model** (``check``, ``serve``, ``bench core``): ``--model --backend --device``.
+- **detector** (``check``, ``stream``, ``mic``, ``serve``; ``calibrate`` without ``--hop-ms``):
+  ``--transforms --n --sigma --representation --no-smoothing --threshold --hop-ms``. A flag not
+  given keeps the default defence: the model card's calibrated one (``check``, ``serve``) or the
+  server's (``stream``, ``mic``).
+- **output** (``check``, ``stream``, ``mic``): ``--json --fail-on-flag --quiet``; every verdict
+  is rendered by :mod:`avsentry.pipelines.report`, so ``check --json`` and ``stream --json``
+  print the same schema.
+- **connection** (``stream``, ``mic``, ``models --server``): ``--server --ca --cert --key
+  --token-file``.
+
+Exit status: 0 success, 1 an error (one line on stderr), 2 a malformed command line (argparse),
+3 a window was flagged under ``--fail-on-flag``, 130 interrupted. Everything heavy (torch, grpc,
+PyAV) is imported by the command that needs it, so ``avsentry --help`` stays fast. This is the
+one module that may import both ``avsentry.stream`` and ``avsentry.tools``.
 """
 
 from __future__ import annotations
@@ -10,159 +25,483 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
+DEFAULT_SERVER = "127.0.0.1:50051"
+REPRESENTATIONS = ("waveform", "spectrogram", "logmel")
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+class _VersionAction(argparse.Action):
+    """``--version``; reads the installed version only when asked (keeps ``--help`` fast)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings,
+            dest=dest,
+            default=argparse.SUPPRESS,
+            nargs=0,
+            help="print the version and exit",
+            **kwargs,
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from avsentry import __version__
+
+        print(f"avsentry {__version__}")
+        parser.exit()
+
+
+# -- value types (argparse reports a bad value as a usage error, exit 2) ------------------------
+def transform_list(text: str) -> tuple[str, ...]:
+    """``"mp3,opus:bitrate_kbps=12,segments=2,noise"`` -> its specs; ``"none"`` or ``""`` -> ().
+
+    A comma followed by ``key=value`` without a ``:`` continues the previous spec's parameters.
+    """
+    if text.strip().lower() in ("", "none"):
+        return ()
+    specs: list[str] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        if "=" in token and ":" not in token and specs:
+            specs[-1] += "," + token
+        else:
+            specs.append(token)
+    return tuple(specs)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def noise_seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"must be -1 (random) or >= 0, got {value}")
+    return value
+
+
+# -- shared option groups -------------------------------------------------------------------
+def model_options() -> argparse.ArgumentParser:
+    """``--model --backend --device``: the recognizer that runs here (``check``, ``serve``).
+
+    Defaults are ``None`` ("not given"): ``check`` then uses digits/torch/auto, ``serve`` its
+    config file's values (the same when there is none).
+    """
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("model")
+    g.add_argument(
         "--model",
-        default="digits",
-        help="embedded model name or a manifest file (JSON/TOML); default: digits",
+        default=None,
+        metavar="NAME|MANIFEST",
+        help="embedded model name or a manifest file (JSON/TOML) (default: digits)",
     )
-    p.add_argument(
-        "--backend",
-        choices=("torch", "onnx"),
-        default="torch",
-        help="inference backend (default: torch)",
+    g.add_argument(
+        "--backend", choices=("torch", "onnx"), default=None, help="inference backend (default: torch)"
     )
-    p.add_argument(
+    g.add_argument(
         "--device",
-        default="auto",
-        help="cpu, cuda, cuda:N or auto (CUDA when present; default: auto)",
+        default=None,
+        metavar="DEVICE",
+        help="cpu, cuda, cuda:N or auto (default: auto, CUDA when present)",
     )
+    return p
 
 
-def _add_detector_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("detector (defaults: the configuration the model card was calibrated for)")
+def detector_options(*, hop: bool = True) -> argparse.ArgumentParser:
+    """The defence that judges each window (see the module docstring)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group(
+        "detector",
+        "How each window is judged. A flag not given keeps the default defence: the model card's "
+        "calibrated one (check, serve) or the server's (stream, mic). Under a changed defence "
+        "the card's threshold stays in force but is reported uncalibrated (calibrated: false, "
+        "false-positive rate unknown).",
+    )
     g.add_argument(
         "--transforms",
+        type=transform_list,
         default=None,
-        help="comma-separated transform specs, e.g. 'mp3,opus:bitrate_kbps=12,quantize:bits=6'; "
-        "'none' for no transforms",
+        metavar="SPECS",
+        help="comma-separated transform specs, e.g. 'mp3,opus:bitrate_kbps=12,quantize:bits=6', or "
+        "'none' (default: the calibrated set, mp3,opus,aac,noise for digits)",
     )
-    g.add_argument("--n", type=int, default=None, help="smoothing: noisy samples per window")
-    g.add_argument("--n0", type=int, default=None, help="smoothing: of those, samples that select the class")
-    g.add_argument("--sigma", type=float, default=None, help="smoothing: noise standard deviation")
+    g.add_argument(
+        "--n",
+        type=positive_int,
+        default=None,
+        help="randomized smoothing: noisy copies per window (default: the card's, 32)",
+    )
+    g.add_argument(
+        "--sigma",
+        type=positive_float,
+        default=None,
+        help="randomized smoothing: noise standard deviation, in the units of --representation "
+        "(default: the card's, 0.25)",
+    )
     g.add_argument(
         "--representation",
-        choices=("waveform", "spectrogram", "logmel"),
+        choices=REPRESENTATIONS,
         default=None,
-        help="smoothing: where the noise is added",
+        help="randomized smoothing: where the noise is added (default: the card's, logmel)",
     )
-    g.add_argument("--alpha", type=float, default=None, help="smoothing: test / bound failure probability")
-    g.add_argument("--no-smoothing", action="store_true", help="skip randomized smoothing")
+    g.add_argument(
+        "--no-smoothing",
+        action="store_true",
+        help="skip randomized smoothing (default: smoothing on)",
+    )
     g.add_argument(
         "--threshold",
-        type=float,
+        type=non_negative_float,
         default=None,
-        help="flag when score > this (default: the calibrated threshold in the model card)",
+        help="flag a window when its score (L1 distance, 0-2) exceeds this (default: the "
+        "calibrated threshold in the model card)",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed for transform and smoothing randomness")
+    if hop:
+        g.add_argument(
+            "--hop-ms",
+            type=positive_int,
+            default=None,
+            metavar="MS",
+            help="hop between window starts in ms, at most the model's window (default: 500, or "
+            "the server's for stream and mic)",
+        )
+    return p
 
 
+def offline_detector_options() -> argparse.ArgumentParser:
+    """Detector settings only an in-process detector takes (``check``, ``calibrate``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("detector, in-process only")
+    g.add_argument(
+        "--n0",
+        type=positive_int,
+        default=None,
+        help="randomized smoothing: of the --n copies, those that select the class (default: the card's, 8)",
+    )
+    g.add_argument(
+        "--alpha",
+        type=positive_float,
+        default=None,
+        help="randomized smoothing: test and bound failure probability (default: the card's, 0.05)",
+    )
+    g.add_argument(
+        "--noise-seed",
+        "--seed",
+        dest="noise_seed",
+        type=noise_seed,
+        default=0,
+        metavar="N",
+        help="seed of the transform and smoothing noise; each window's noise is keyed by its start, "
+        "so the same audio gives the same verdict (-1: a random seed; default: 0, what "
+        "'serve --noise-seed 0' uses)",
+    )
+    return p
+
+
+def output_options() -> argparse.ArgumentParser:
+    """``--json --fail-on-flag --quiet``: how verdicts are printed (``check``, ``stream``, ``mic``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON verdict per line on stdout (default: one text line per verdict)",
+    )
+    g.add_argument(
+        "--fail-on-flag",
+        action="store_true",
+        help="exit with status 3 when any window is flagged (default: 0)",
+    )
+    g.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar or summary on stderr; errors are still printed (default: both shown; "
+        "the progress bar only on a terminal)",
+    )
+    return p
+
+
+def connection_options() -> argparse.ArgumentParser:
+    """``--server --ca --cert --key --token-file``: how clients reach a server."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("connection")
+    g.add_argument(
+        "--server",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"server address (default: {DEFAULT_SERVER}; models without it lists the embedded models)",
+    )
+    g.add_argument(
+        "--ca",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="CA certificate to verify the server; enables TLS (default: plaintext)",
+    )
+    g.add_argument(
+        "--cert",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="client certificate for mutual TLS (default: none)",
+    )
+    g.add_argument(
+        "--key", type=Path, default=None, metavar="PEM", help="client key for mutual TLS (default: none)"
+    )
+    g.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="file holding the bearer token sent as 'authorization: Bearer <token>' (default: none)",
+    )
+    return p
+
+
+def _remote_args(p: argparse.ArgumentParser) -> None:
+    """What ``stream`` and ``mic`` send besides the detector: model, interim results, encoding."""
+    g = p.add_argument_group("stream")
+    g.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="model name on the server, as 'avsentry models --server' lists (default: the "
+        "server's default model)",
+    )
+    g.add_argument(
+        "--interim",
+        action="store_true",
+        help="also print quick raw-only interim verdicts (default: final verdicts only)",
+    )
+    g.add_argument(
+        "--encoding",
+        choices=("float32", "pcm16"),
+        default="float32",
+        help="sample encoding on the wire: float32 sends exactly the decoded samples (what check "
+        "judges), pcm16 half the bytes (default: float32)",
+    )
+
+
+# -- the parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avsentry",
         description="Guard voice recognizers against adversarial examples: codec, squeezing and "
         "randomized-smoothing defences with a calibrated disagreement detector.",
+        epilog="Exit status: 0 ok, 1 error, 2 bad command line, 3 a window was flagged (--fail-on-flag).",
     )
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    model = model_options()
+    detector = detector_options()
+    offline = offline_detector_options()
+    output = output_options()
+    connection = connection_options()
 
     p = sub.add_parser(
         "check",
-        help="offline verdicts for each window of audio files",
-        description="Cut each file into windows (model window, --hop-ms apart), run the "
-        "recognizer raw, after each transform and under randomized smoothing, and print "
-        "one verdict per window. Any sample rate or channel count (resampled to the "
-        "model rate, downmixed to mono).",
+        parents=[model, detector, offline, output],
+        help="offline verdicts for each window of audio files, no server",
+        description="Decode each file at its own rate and channels, cut it into windows exactly "
+        "as the server does (downmix, resample to the model's rate, a model window every "
+        "--hop-ms, the last one zero-padded), judge each window raw, after each transform and "
+        "under randomized smoothing, and print one verdict per window, in the schema of "
+        "'stream --json'. A summary ('N files, W windows, K flagged') ends on stderr, with a "
+        "progress bar on a terminal for files of 30 s and more.",
     )
     p.add_argument(
-        "files",
-        nargs="+",
-        type=Path,
-        metavar="FILE",
-        help="WAV, FLAC, MP3 (anything FFmpeg decodes)",
+        "files", nargs="+", type=Path, metavar="FILE", help="WAV, FLAC, MP3... (anything FFmpeg decodes)"
     )
-    p.add_argument("--json", action="store_true", help="one JSON object per window on stdout")
-    p.add_argument("--hop-ms", type=float, default=500.0, help="hop between windows in ms (default: 500)")
-    p.add_argument("--fail-on-flag", action="store_true", help="exit 3 when any window is flagged")
-    _add_model_args(p)
-    _add_detector_args(p)
 
     p = sub.add_parser(
         "serve",
+        parents=[model, detector],
         help="run the gRPC guard service",
         description="Serve avsentry.v1.Guard (plus grpc.health.v1 and reflection). With no "
         "options it serves the embedded digits model in plaintext on 127.0.0.1:50051. "
-        "Settings come from --config (TOML, see stream/config.py) and these flags.",
+        "Settings come from --config (TOML, every key documented in stream/config.py) and these "
+        "flags, which win; a flag not given keeps the file's value, or the default shown. The "
+        "model and detector flags set the default model and its default defence.",
     )
-    p.add_argument("--config", type=Path, help="TOML configuration file")
-    p.add_argument("--address", help="listen address (default 127.0.0.1; others need TLS or --insecure)")
-    p.add_argument("--port", type=int, help="listen port (default 50051; 0 picks a free one)")
-    p.add_argument(
-        "--insecure", action="store_true", default=None, help="allow plaintext on a non-loopback address"
+    p.add_argument("--config", type=Path, metavar="TOML", help="configuration file (default: none)")
+    g = p.add_argument_group("listening")
+    g.add_argument("--address", help="listen address (default: 127.0.0.1; others need TLS or --insecure)")
+    g.add_argument("--port", type=int, help="listen port (default: 50051; 0 picks a free one)")
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow plaintext on a non-loopback address (default: refused)",
     )
-    p.add_argument("--model", help="default model: embedded name or manifest path (default digits)")
-    p.add_argument("--backend", choices=("torch", "onnx"))
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--max-streams", type=int)
-    p.add_argument("--max-batch", type=int, help="windows per device batch (default 64)")
-    p.add_argument("--max-wait-ms", type=float, help="longest wait to fill a batch (default 10)")
-    p.add_argument("--workers", type=int, help="batches in flight (default 2)")
-    p.add_argument(
-        "--torch-threads", type=int, help="torch intra-op threads (default 1; 0 = torch's default, all cores)"
+    g.add_argument(
+        "--max-streams", type=positive_int, help="open StreamAudio and CheckAudio calls (default: 64)"
     )
-    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default off)")
-    p.add_argument("--tls-cert", type=Path)
-    p.add_argument("--tls-key", type=Path)
-    p.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
-    p.add_argument("--token-file", type=Path, help="require 'authorization: Bearer <token>' (token in file)")
-
-    def add_client_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--server", default="127.0.0.1:50051", help="host:port (default 127.0.0.1:50051)")
-        p.add_argument("--json", action="store_true", help="one JSON verdict per line")
-        p.add_argument("--interim", action="store_true", help="also print quick raw-only interim verdicts")
-        p.add_argument("--model", default="", help="model name on the server (default: its default)")
-        p.add_argument("--transforms", default=None, help="comma-separated transform specs, or 'none'")
-        p.add_argument("--n", type=int, default=0, help="smoothing samples per window (default: server's)")
-        p.add_argument("--hop-ms", type=int, default=0, help="hop between windows (default 500)")
-        p.add_argument("--ca", type=Path, help="CA certificate to verify the server (enables TLS)")
-        p.add_argument("--cert", type=Path, help="client certificate (mutual TLS)")
-        p.add_argument("--key", type=Path, help="client key (mutual TLS)")
-        p.add_argument("--token-file", type=Path, help="file holding the bearer token")
-
-    p = sub.add_parser("stream", help="stream a file to a server at real time, print verdicts live")
-    p.add_argument("file", type=Path, metavar="FILE")
-    p.add_argument(
-        "--rate", type=float, default=1.0, help="pace: 1 = real time, 2 = twice as fast, 0 = unpaced"
+    g.add_argument(
+        "--grace-s",
+        type=non_negative_float,
+        metavar="S",
+        help="on SIGINT/SIGTERM, seconds open calls get to finish (default: 10)",
     )
-    add_client_args(p)
-
-    p = sub.add_parser("mic", help="stream a microphone to a server, print verdicts live")
-    p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
-    p.add_argument("--input-device", default=None, help="device index or name (default: system default)")
-    p.add_argument(
-        "--samplerate", type=int, default=None, help="capture rate (default: the device's native rate)"
+    g = p.add_argument_group("defence policy")
+    g.add_argument(
+        "--lock",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clients may only strengthen the default defence (default: --lock)",
     )
-    p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--seconds", type=float, default=None, help="stop after this much audio (default: Ctrl-C)")
-    p.add_argument(
-        "--buffer-ms",
+    g.add_argument(
+        "--noise-seed",
+        type=noise_seed,
+        metavar="N",
+        help="-1: a secret random seed per start and fresh noise per stream; >= 0: reproducible "
+        "noise, the same verdicts as 'check --noise-seed N' (default: -1)",
+    )
+    g = p.add_argument_group("capacity and batching")
+    g.add_argument(
+        "--max-load",
+        type=non_negative_float,
+        metavar="SHARE",
+        help="admit a call only while committed detector work stays under this share of the "
+        "measured throughput, in [0, 1]; 0 = no admission control (default: 0.85)",
+    )
+    g.add_argument("--max-batch", type=positive_int, help="windows per device batch (default: 64)")
+    g.add_argument(
+        "--max-wait-ms",
+        type=non_negative_float,
+        metavar="MS",
+        help="longest wait to fill a batch (default: 10)",
+    )
+    g.add_argument("--workers", type=positive_int, help="batches in flight (default: 2)")
+    g.add_argument(
+        "--torch-threads",
         type=int,
-        default=2000,
-        help="capture queue; the oldest audio is dropped (and counted) past it (default 2000)",
+        help="torch intra-op threads (default: 1; 0 = torch's default, all cores)",
     )
-    add_client_args(p)
+    g = p.add_argument_group("logging and metrics")
+    g.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="log level (default: info)"
+    )
+    g.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="one line per event, key=value text or JSON (default: text)",
+    )
+    g.add_argument(
+        "--metrics-port", type=int, help="Prometheus /metrics on this port of 127.0.0.1 (default: 0, off)"
+    )
+    g = p.add_argument_group("security")
+    g.add_argument("--tls-cert", type=Path, metavar="PEM", help="server certificate (default: plaintext)")
+    g.add_argument("--tls-key", type=Path, metavar="PEM", help="server key (default: none)")
+    g.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help="require client certificates signed by this CA, mutual TLS (default: none)",
+    )
+    g.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="require 'authorization: Bearer <token>', token read from this file (default: none)",
+    )
 
-    p = sub.add_parser("models", help="list the embedded models and their calibration")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "stream",
+        parents=[detector, output, connection],
+        help="stream a file to a server at real time, print verdicts live",
+        description="Stream a file at its native rate and channels to a server, paced at --rate "
+        "x real time, and print each verdict as it comes back (the schema of 'check --json'); "
+        "a summary ('W windows, K flagged') ends on stderr.",
+    )
+    p.add_argument("file", type=Path, metavar="FILE", help="WAV, FLAC, MP3... (anything FFmpeg decodes)")
+    p.add_argument(
+        "--rate",
+        type=non_negative_float,
+        default=1.0,
+        help="pace: 1 = real time, 2 = twice as fast, 0 = unpaced (default: 1)",
+    )
+    _remote_args(p)
+
+    p = sub.add_parser(
+        "mic",
+        parents=[detector, output, connection],
+        help="stream a microphone to a server, print verdicts live",
+        description="Capture from an input device at its native rate and stream it to a server; "
+        "print each verdict as it comes back. Ctrl-C (or --seconds) ends it with a summary on "
+        "stderr.",
+    )
+    g = p.add_argument_group("capture")
+    g.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    g.add_argument(
+        "--input-device", default=None, metavar="INDEX|NAME", help="input device (default: the system's)"
+    )
+    g.add_argument(
+        "--samplerate",
+        type=positive_int,
+        default=None,
+        metavar="HZ",
+        help="capture rate in Hz (default: the device's native rate)",
+    )
+    g.add_argument("--channels", type=positive_int, default=1, help="channels to capture (default: 1)")
+    g.add_argument(
+        "--seconds",
+        type=positive_float,
+        default=None,
+        help="stop after this many seconds of audio (default: until Ctrl-C)",
+    )
+    g.add_argument(
+        "--buffer-ms",
+        type=positive_int,
+        default=2000,
+        metavar="MS",
+        help="capture queue in ms; the oldest audio past it is dropped and counted (default: 2000)",
+    )
+    _remote_args(p)
+
+    p = sub.add_parser(
+        "models",
+        parents=[connection],
+        help="list the embedded models, or a server's models (--server)",
+        description="List the models embedded in this installation with their calibration, or "
+        "with --server the models a server serves (its ListModels call) with their default "
+        "defence.",
+    )
+    p.add_argument("--json", action="store_true", help="a JSON list on stdout (default: one line per model)")
 
     p = sub.add_parser(
         "demo",
@@ -171,8 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
         "bundled clean clip and then the adversarial one through it at real time (or --rate), "
         "and print each verdict.",
     )
-    p.add_argument("--rate", type=float, default=1.0, help="pace (default 1 = real time; 0 = unpaced)")
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--rate",
+        type=non_negative_float,
+        default=1.0,
+        help="pace: 1 = real time, 0 = unpaced (default: 1)",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
 
     p = sub.add_parser(
         "train",
@@ -183,25 +527,31 @@ def build_parser() -> argparse.ArgumentParser:
         "voices, export ONNX, calibrate the detector and write a model card.",
     )
     p.add_argument(
-        "--data", type=Path, default=Path("data/synth/clips.npz"), help="corpus (built if absent or stale)"
+        "--data",
+        type=Path,
+        default=Path("data/synth/clips.npz"),
+        help="corpus, built if absent or stale (default: data/synth/clips.npz)",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/digits"), help="output directory")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 5000)")
-    p.add_argument("--batch-size", type=int, default=None, help="windows per step (default 128)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/digits"), help="output directory (default: runs/digits)"
+    )
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 5000)")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per step (default: 128)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-3)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument(
         "--synth-scale",
         type=float,
         default=1.0,
-        help="fraction of the corpus recipe to synthesise (for quick trials)",
+        help="fraction of the corpus recipe to synthesise, for quick trials (default: 1)",
     )
     p.add_argument("--no-calibrate", action="store_true", help="skip detector calibration")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser(
         "calibrate",
+        parents=[detector_options(hop=False), offline],
         help="calibrate the detector threshold on held-out clean audio",
         description="Score held-out clean windows (digits, other speech, background) with "
         "the detector, set the threshold for a target false-positive rate on one half of "
@@ -212,98 +562,161 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--card", type=Path, required=True, help="card.json to update (e.g. runs/digits/card.json)"
     )
-    p.add_argument("--data", type=Path, default=Path("data/synth/clips.npz"))
     p.add_argument(
-        "--target-fpr", type=float, default=0.01, help="false-positive rate to hold (default 0.01)"
+        "--data",
+        type=Path,
+        default=Path("data/synth/clips.npz"),
+        help="corpus (default: data/synth/clips.npz)",
+    )
+    p.add_argument(
+        "--target-fpr", type=float, default=0.01, help="false-positive rate to hold (default: 0.01)"
     )
     p.add_argument(
         "--confidence",
         type=float,
         default=0.95,
         help="probability that each group's FPR stays at or under the target over calibration "
-        "sets (default 0.95; 0: only its expectation, plain split conformal)",
+        "sets (default: 0.95; 0: only its expectation, plain split conformal)",
     )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
-    _add_detector_args(p)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("bench", help="benchmarks (not tests)")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
-    b = bsub.add_parser("core", help="inference, transforms and smoothing speed on 1 s windows")
-    _add_model_args(b)
-    b.add_argument("--repeat", type=int, default=5, help="timed repetitions per measurement")
-    b.add_argument("--batch", type=int, default=32, help="windows per batch for raw inference")
+    b = bsub.add_parser(
+        "core", parents=[model], help="inference, transforms and smoothing speed on 1 s windows"
+    )
+    b.add_argument("--repeat", type=int, default=5, help="timed repetitions per measurement (default: 5)")
+    b.add_argument("--batch", type=int, default=32, help="windows per batch for raw inference (default: 32)")
     b = bsub.add_parser(
         "stream", help="latency and capacity of a local server under concurrent real-time streams"
     )
-    b.add_argument("--streams", default="1,8,16,24,32", help="comma-separated stream counts to run")
-    b.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
-    b.add_argument("--n", type=int, default=32, help="smoothing samples per window")
+    b.add_argument(
+        "--streams", default="1,8,16,24,32", help="comma-separated stream counts (default: 1,8,16,24,32)"
+    )
+    b.add_argument("--seconds", type=float, default=20.0, help="audio per stream in s (default: 20)")
+    b.add_argument("--n", type=int, default=32, help="smoothing copies per window (default: 32)")
     b.add_argument("--transforms", default=None, help="transform specs (default: the model's calibrated set)")
-    b.add_argument("--device", default="auto")
-    b.add_argument("--backend", choices=("torch", "onnx"), default="torch")
-    b.add_argument("--workers", type=int, default=2)
+    b.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    b.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="(default: torch)")
+    b.add_argument("--workers", type=int, default=2, help="server batch workers (default: 2)")
     b.add_argument(
         "--torch-threads", type=int, default=None, help="server torch threads (default: serve's, 1)"
     )
-    b.add_argument("--max-batch", type=int, default=64)
-    b.add_argument("--max-wait-ms", type=float, default=10.0)
-    b.add_argument("--p99-ms", type=float, default=250.0, help="latency budget for 'real time'")
+    b.add_argument("--max-batch", type=int, default=64, help="windows per batch (default: 64)")
+    b.add_argument("--max-wait-ms", type=float, default=10.0, help="batch fill wait in ms (default: 10)")
+    b.add_argument(
+        "--p99-ms", type=float, default=250.0, help="latency budget for 'real time' (default: 250)"
+    )
     b.add_argument(
         "--sync",
         action="store_true",
         help="start all streams at the same instant (worst case) instead of spread over one hop",
     )
+    b.add_argument(
+        "--max-load",
+        type=float,
+        default=None,
+        help="the local server's admission limit, share of its measured throughput (default: serve's, 0.85; "
+        "0 = admit every stream)",
+    )
+    b.add_argument(
+        "--target",
+        default=None,
+        metavar="HOST:PORT",
+        help="benchmark the server (or load balancer) at this address instead of starting one",
+    )
     b.add_argument("--json", action="store_true", help="also print a JSON summary")
     return parser
+
+
+# -- dispatch -------------------------------------------------------------------------------
+_LOCAL_MODEL_DEFAULTS = {"model": "digits", "backend": "torch", "device": "auto"}
+
+
+def _resolve_local_model(args: argparse.Namespace) -> None:
+    """``check`` and ``bench core`` run the model here: "not given" means digits/torch/auto."""
+    for name, value in _LOCAL_MODEL_DEFAULTS.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from avsentry.stream.offline import run_check
+
+    _resolve_local_model(args)
+    return run_check(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from avsentry.stream.commands import run_serve
+
+    return run_serve(args)
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from avsentry.stream.commands import run_stream
+
+    return run_stream(args)
+
+
+def _mic(args: argparse.Namespace) -> int:
+    from avsentry.stream.commands import run_mic
+
+    return run_mic(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from avsentry.stream.commands import run_demo
+
+    return run_demo(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from avsentry.tools.train import run_cli
+
+    return run_cli(args)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from avsentry.pipelines.detection import DetectorConfig
+    from avsentry.stream.offline import detector_config_overrides
+    from avsentry.tools.calibrate import run_cli
+
+    cfg, _ = DetectorConfig.from_card(None, **detector_config_overrides(args))
+    return run_cli(args, cfg)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.bench == "stream":
+        from avsentry.stream.bench import bench_stream
+
+        bench_stream(args)
+        return EXIT_OK
+    from avsentry.tools.bench import run_cli
+
+    _resolve_local_model(args)
+    return run_cli(args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "check": _check,
+    "serve": _serve,
+    "stream": _stream,
+    "mic": _mic,
+    "models": lambda args: _models(args),
+    "demo": _demo,
+    "train": _train,
+    "calibrate": _calibrate,
+    "bench": _bench,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "check":
-            from avsentry.stream.offline import run_check
-
-            return run_check(args)
-        if args.command == "models":
-            return _models(args)
-        if args.command == "demo":
-            from avsentry.stream.commands import run_demo
-
-            return run_demo(args)
-        if args.command == "serve":
-            from avsentry.stream.commands import run_serve
-
-            return run_serve(args)
-        if args.command == "stream":
-            from avsentry.stream.commands import run_stream
-
-            return run_stream(args)
-        if args.command == "mic":
-            from avsentry.stream.commands import run_mic
-
-            return run_mic(args)
-        if args.command == "train":
-            from avsentry.tools.train import run_cli
-
-            return run_cli(args)
-        if args.command == "calibrate":
-            from avsentry.pipelines.detection import DetectorConfig
-            from avsentry.stream.offline import detector_config_overrides
-            from avsentry.tools.calibrate import run_cli as calibrate_cli
-
-            cfg, _ = DetectorConfig.from_card(None, **detector_config_overrides(args))
-            return calibrate_cli(args, cfg)
-        if args.command == "bench":
-            if args.bench == "stream":
-                from avsentry.stream.bench import bench_stream
-
-                bench_stream(args)
-                return EXIT_OK
-            from avsentry.tools.bench import run_cli as bench_cli
-
-            return bench_cli(args)
+        return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("avsentry: interrupted", file=sys.stderr)
         return 130
@@ -311,52 +724,95 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"avsentry {args.command}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as e:  # a gRPC status or an audio-source error from a client command: one line
-        import grpc
+        if "grpc" in sys.modules:
+            import grpc
 
-        from avsentry.stream.sources import SourceError
+            if isinstance(e, grpc.RpcError):
+                details = e.details()  # type: ignore[attr-defined]
+                print(f"avsentry {args.command}: error: {e.code().name}: {details}", file=sys.stderr)  # type: ignore[attr-defined]
+                return EXIT_ERROR
+        if "avsentry.stream.sources" in sys.modules:
+            from avsentry.stream.sources import SourceError
 
-        if isinstance(e, SourceError):
-            print(f"avsentry {args.command}: error: {e}", file=sys.stderr)
-            return EXIT_ERROR
-        if isinstance(e, grpc.RpcError):
-            print(f"avsentry {args.command}: error: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-            return EXIT_ERROR
+            if isinstance(e, SourceError):
+                print(f"avsentry {args.command}: error: {e}", file=sys.stderr)
+                return EXIT_ERROR
         raise
-    parser.error(f"unknown command {args.command!r}")
-    return EXIT_USAGE
 
 
+# -- avsentry models ------------------------------------------------------------------------
 def _models(args: argparse.Namespace) -> int:
+    """The embedded models, or with ``--server`` a server's (ListModels), in one row schema."""
+    if args.server is None:
+        rows = _embedded_models()
+    else:
+        from avsentry.stream.client import GuardClient, model_info_to_dict
+
+        token = _read_token(args.token_file)
+        with GuardClient(
+            args.server, ca=args.ca, cert=args.cert, key=args.key, token=token, timeout_s=30
+        ) as c:
+            rows = [model_info_to_dict(m) for m in c.list_models()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(_model_line(r))
+    return EXIT_OK
+
+
+def _read_token(path: Path | None) -> str | None:
+    return None if path is None else Path(path).read_text(encoding="utf-8").strip()
+
+
+def _embedded_models() -> list[dict]:
+    from avsentry.pipelines.detection import DetectorConfig
     from avsentry.pipelines.recognizers import embedded_models, read_manifest
 
     rows = []
     for name in embedded_models():
         m = read_manifest(name)
-        det = m.extra.get("detector", {})
+        det = m.extra.get("detector") or {}
+        cfg, calibrated = DetectorConfig.from_card(det or None)
+        s = cfg.smoothing
         rows.append(
             {
                 "name": m.spec.name,
+                "modality": m.spec.modality,
                 "labels": list(m.spec.labels),
                 "sample_rate_hz": m.spec.sample_rate_hz,
                 "window_samples": m.spec.window_samples,
+                "threshold": cfg.threshold,
+                "target_fpr": det.get("target_fpr"),
+                "measured_fpr": det.get("measured_fpr") if calibrated else None,
+                "transforms": list(cfg.transforms),
+                "smoothing_n": s.n if s else 0,
+                "smoothing_sigma": s.sigma if s else 0.0,
+                "smoothing_representation": s.representation if s else "",
                 "backends": sorted(m.backends),
                 "heldout_accuracy": m.extra.get("heldout_accuracy", {}).get("overall"),
-                "threshold": det.get("threshold"),
-                "target_fpr": det.get("target_fpr"),
-                "measured_fpr": det.get("measured_fpr"),
             }
         )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            print(
-                f"{r['name']}: {len(r['labels'])} labels ({', '.join(r['labels'])}), "
-                f"{r['sample_rate_hz']} Hz, window {r['window_samples']} samples, backends "
-                f"{'/'.join(r['backends'])}, held-out top-1 {r['heldout_accuracy']}, threshold "
-                f"{r['threshold']} (target FPR {r['target_fpr']}, measured {r['measured_fpr']})"
-            )
-    return EXIT_OK
+    return rows
+
+
+def _model_line(r: dict) -> str:
+    smoothing = (
+        f"smoothing n={r['smoothing_n']} sigma={r['smoothing_sigma']:g} {r['smoothing_representation']}"
+        if r["smoothing_n"]
+        else "no smoothing"
+    )
+    threshold = "none" if r["threshold"] is None else f"{r['threshold']:.3f}"
+    parts = [
+        f"{r['name']}{' (default)' if r.get('is_default') else ''}: {len(r['labels'])} labels "
+        f"({', '.join(r['labels'])})",
+        f"{r['sample_rate_hz']} Hz, window {r['window_samples']} samples",
+        f"defence {','.join(r['transforms']) or 'no transforms'}; {smoothing}",
+        f"threshold {threshold} (target FPR {r['target_fpr']}, measured {r['measured_fpr']})",
+    ]
+    if "backends" in r:
+        parts.append(f"backends {'/'.join(r['backends'])}, held-out top-1 {r['heldout_accuracy']}")
+    return " | ".join(parts)
 
 
 if __name__ == "__main__":

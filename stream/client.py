@@ -110,8 +110,9 @@ class GuardClient:
         """Stream ``(frames, channels)`` float32 chunks; yields verdicts as they come back.
 
         Keyword arguments are :func:`make_config` fields (``model``, ``hop_ms``, ``transforms``,
-        ``smoothing_n``, ``smoothing_sigma``, ``disable_smoothing``, ``interim_results``,
-        ``request_id``).
+        ``smoothing_n``, ``smoothing_sigma``, ``smoothing_representation``, ``disable_smoothing``,
+        ``threshold``, ``interim_results``, ``request_id``). ``encoding`` is how samples travel:
+        ``"pcm16"`` (half the bytes) or ``"float32"`` (exactly the samples given).
         """
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {sorted(ENCODINGS)}")
@@ -196,3 +197,23 @@ def format_verdict(v: pb.Verdict, *, prefix: str = "") -> str:
 def verdict_to_dict(v: pb.Verdict) -> dict:
     """A JSON-ready dict of a verdict: the one verdict schema (the same as ``check --json``)."""
     return to_dict(record_from_proto(v))
+
+
+def model_info_to_dict(m: pb.ModelInfo) -> dict:
+    """A JSON-ready dict of a served model (``avsentry models --server``): the ``ModelInfo``
+    fields under their proto names, ``threshold`` null when the model has none."""
+    return {
+        "name": m.name,
+        "modality": m.modality,
+        "labels": list(m.labels),
+        "sample_rate_hz": m.sample_rate_hz,
+        "window_samples": m.window_samples,
+        "threshold": m.threshold if m.HasField("threshold") else None,
+        "target_fpr": m.target_fpr,
+        "measured_fpr": m.measured_fpr,
+        "transforms": list(m.transforms),
+        "smoothing_n": m.smoothing_n,
+        "smoothing_sigma": m.smoothing_sigma,
+        "smoothing_representation": m.smoothing_representation,
+        "is_default": m.is_default,
+    }

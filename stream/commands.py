@@ -1,46 +1,74 @@
-"""``avsentry serve``, ``stream``, ``mic`` and ``demo``: the online commands."""
+"""``avsentry serve``, ``stream``, ``mic`` and ``demo``: the online commands.
+
+The clients print every verdict through :class:`~avsentry.stream.offline.VerdictPrinter` (the
+renderer ``avsentry check`` uses), after converting it to a
+:class:`~avsentry.pipelines.report.VerdictRecord`, and end with a summary on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from avsentry.stream.client import GuardClient, format_verdict, verdict_to_dict
+from avsentry.stream._proto.avsentry.v1 import guard_pb2 as pb
+from avsentry.stream.client import GuardClient
 from avsentry.stream.config import ServerConfig, load_config
+from avsentry.stream.convert import record_from_proto
 from avsentry.stream.logs import configure as configure_logging
+from avsentry.stream.offline import VerdictPrinter
 from avsentry.stream.server import RunningServer, serve_forever, start_server
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+
+def _read_token(path: Path | None) -> str | None:
+    return None if path is None else Path(path).read_text(encoding="utf-8").strip()
+
+
+def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``serve`` flags as ``load_config`` overrides (``None``: not given, the file's value)."""
+    return {
+        "address": args.address,
+        "port": args.port,
+        "insecure": args.insecure,
+        "max_streams": args.max_streams,
+        "grace_s": args.grace_s,
+        "model": args.model,
+        "backend": args.backend,
+        "device": args.device,
+        "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
+        "workers": args.workers,
+        "torch_threads": args.torch_threads,
+        "max_load": args.max_load,
+        "lock": args.lock,
+        "noise_seed": args.noise_seed,
+        "hop_ms": args.hop_ms,
+        "transforms": args.transforms,
+        "smoothing_n": args.n,
+        "sigma": args.sigma,
+        "representation": args.representation,
+        "smoothing": False if args.no_smoothing else None,
+        "threshold": args.threshold,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "metrics_port": args.metrics_port,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_client_ca": args.tls_client_ca,
+        "token": _read_token(args.token_file),
+    }
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    token = None
-    if args.token_file is not None:
-        token = Path(args.token_file).read_text(encoding="utf-8").strip()
-    config = load_config(
-        args.config,
-        address=args.address,
-        port=args.port,
-        insecure=args.insecure,
-        model=args.model,
-        backend=args.backend,
-        device=args.device,
-        max_streams=args.max_streams,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        workers=args.workers,
-        torch_threads=args.torch_threads,
-        metrics_port=args.metrics_port,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        token=token,
-    )
+    config = load_config(args.config, **serve_overrides(args))
 
     def ready(r: RunningServer) -> None:
         scheme = "mTLS" if r.config.tls_client_ca else "TLS" if r.config.tls else "plaintext"
@@ -63,49 +91,61 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> GuardClient:
-    token = Path(args.token_file).read_text(encoding="utf-8").strip() if args.token_file else None
-    return GuardClient(args.server, ca=args.ca, cert=args.cert, key=args.key, token=token)
+    return GuardClient(
+        args.server or DEFAULT_SERVER,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        token=_read_token(args.token_file),
+    )
 
 
-def _stream_config(args: argparse.Namespace) -> dict:
+def stream_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The detector and stream flags of ``stream``/``mic`` as ``make_config`` fields (zeros and
+    empties: the server's default)."""
     transforms: list[str] = []
     if args.transforms is not None:
-        transforms = (
-            ["none"]
-            if args.transforms.strip() in ("", "none")
-            else [t.strip() for t in args.transforms.split(",") if t.strip()]
-        )
+        transforms = list(args.transforms) or ["none"]
     return {
-        "model": args.model,
+        "model": args.model or "",
         "transforms": transforms,
-        "smoothing_n": args.n,
-        "hop_ms": args.hop_ms,
+        "smoothing_n": args.n or 0,
+        "smoothing_sigma": args.sigma or 0.0,
+        "smoothing_representation": args.representation or "",
+        "disable_smoothing": args.no_smoothing,
+        "threshold": args.threshold,
+        "hop_ms": args.hop_ms or 0,
         "interim_results": args.interim,
+        "encoding": args.encoding,
     }
 
 
-def _print_verdicts(verdicts: Iterator, *, as_json: bool, prefix: str = "") -> int:
-    flagged = 0
+def print_verdicts(verdicts: Iterator[pb.Verdict], printer: VerdictPrinter) -> None:
+    """Render each ``Verdict`` as it arrives (the one verdict schema)."""
     for v in verdicts:
-        flagged += v.flagged
-        if as_json:
-            print(json.dumps(verdict_to_dict(v)), flush=True)
-        else:
-            print(format_verdict(v, prefix=prefix), flush=True)
-    return flagged
+        printer(record_from_proto(v))
+
+
+def _finish(command: str, args: argparse.Namespace, printer: VerdictPrinter, extra: str = "") -> int:
+    if not args.quiet:
+        print(f"avsentry {command}: {printer.summary()}{extra}", file=sys.stderr, flush=True)
+    return printer.exit_status(fail_on_flag=args.fail_on_flag)
 
 
 def run_stream(args: argparse.Namespace) -> int:
+    """``avsentry stream``: 0, or 3 on a flag with ``--fail-on-flag``."""
     if args.rate < 0:
         raise ValueError(f"--rate must be >= 0, got {args.rate}")
     from avsentry.stream.sources import FileSource
 
+    printer = VerdictPrinter(as_json=args.json)
     with _client(args) as client, FileSource(args.file, rate=args.rate) as source:
-        _print_verdicts(client.stream_source(source, **_stream_config(args)), as_json=args.json)
-    return 0
+        print_verdicts(client.stream_source(source, **stream_config(args)), printer)
+    return _finish("stream", args, printer)
 
 
 def run_mic(args: argparse.Namespace) -> int:
+    """``avsentry mic``: until Ctrl-C or ``--seconds``; 0, or 3 on a flag with ``--fail-on-flag``."""
     from avsentry.stream.sources import MicSource, format_devices, list_input_devices
 
     if args.list_devices:
@@ -114,6 +154,7 @@ def run_mic(args: argparse.Namespace) -> int:
     device: int | str | None = args.input_device
     if isinstance(device, str) and device.isdigit():
         device = int(device)
+    printer = VerdictPrinter(as_json=args.json)
     with (
         _client(args) as client,
         MicSource(
@@ -124,23 +165,22 @@ def run_mic(args: argparse.Namespace) -> int:
             buffer_ms=args.buffer_ms,
         ) as source,
     ):
-        print(
-            f"avsentry mic: capturing {source.channels} channel(s) at {source.sample_rate_hz} Hz; "
-            "Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
-        )
+        if not args.quiet:
+            print(
+                f"avsentry mic: capturing {source.channels} channel(s) at {source.sample_rate_hz} Hz; "
+                "Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
         try:
-            _print_verdicts(client.stream_source(source, **_stream_config(args)), as_json=args.json)
+            print_verdicts(client.stream_source(source, **stream_config(args)), printer)
         except KeyboardInterrupt:
             pass
-        print(
-            f"avsentry mic: {source.overflows} block(s) dropped because the stream fell behind, "
-            f"{source.input_overflows} input overflow(s) reported by the device",
-            file=sys.stderr,
-            flush=True,
+        dropped = (
+            f"; {source.overflows} block(s) dropped because the stream fell behind, "
+            f"{source.input_overflows} input overflow(s) reported by the device"
         )
-    return 0
+    return _finish("mic", args, printer, dropped)
 
 
 def demo_clips() -> list[Path]:
@@ -184,8 +224,9 @@ def run_demo(args: argparse.Namespace) -> int:
         raise FileNotFoundError("no bundled demo clips in pipelines/models/digits")
     with local_server(ServerConfig(port=0, device=args.device)) as server:
         print(f"avsentry demo: server on 127.0.0.1:{server.port}, model digits", flush=True)
+        printer = VerdictPrinter(as_json=False, prefix="  ")
         with GuardClient(f"127.0.0.1:{server.port}") as client:
             for clip in clips:
                 print(f"--- streaming {clip.name} at {args.rate:g}x real time", flush=True)
-                _print_verdicts(client.stream_file(clip, rate=args.rate), as_json=False, prefix="  ")
+                print_verdicts(client.stream_file(clip, rate=args.rate), printer)
     return 0

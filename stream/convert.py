@@ -184,8 +184,8 @@ def decode_chunk(data: bytes, settings: StreamSettings, *, max_frames: int) -> n
 def encode_pcm(frames: np.ndarray, encoding: int) -> bytes:
     """``(frames, channels)`` or ``(frames,)`` float32 -> chunk bytes (clients use this)."""
     x = np.asarray(frames, dtype=np.float32)
-    if encoding == pb.AUDIO_ENCODING_PCM16:
-        return (np.clip(x, -1, 1) * 32767).round().astype("<i2").tobytes()
+    if encoding == pb.AUDIO_ENCODING_PCM16:  # the inverse of decode_chunk's x / 32768
+        return np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2").tobytes()
     return x.astype("<f4").tobytes()
 
 

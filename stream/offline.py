@@ -1,44 +1,96 @@
-"""``avsentry check`` and ``avsentry demo``: verdicts for audio files without a server."""
+"""``avsentry check``: a verdict for every window of audio files, in process, without a server.
+
+A file is judged exactly as the server judges it when the file is streamed (``avsentry stream
+FILE``): decoded at its own rate and channels by :class:`~avsentry.pipelines.audio_io.AudioFile`,
+cut by a :class:`~avsentry.pipelines.session.StreamSession` (downmix, resample to the model's
+rate, a window every hop, the last one zero-padded), judged by the
+:class:`~avsentry.pipelines.detection.Detector` with each window's noise keyed by its start, and
+rendered as :class:`~avsentry.pipelines.report.VerdictRecord` s, so ``check --json`` prints the
+fields ``stream --json`` prints, and a server started with ``--noise-seed N`` gives the verdicts
+``check --noise-seed N`` gives.
+
+:class:`VerdictPrinter` is the one place verdicts become lines on stdout, for ``check`` here and
+for the streaming clients (:mod:`avsentry.stream.commands`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from avsentry.pipelines.audio_io import AudioReadError, read_audio
-from avsentry.pipelines.detection import Detector, DetectorConfig, WindowVerdict, verdict_to_dict
+from avsentry.pipelines.audio_io import AudioFile, AudioReadError
+from avsentry.pipelines.detection import Detector, DetectorConfig
 from avsentry.pipelines.recognizers import load_recognizer, read_manifest
-from avsentry.pipelines.types import Abstain, Certified, Prediction
-from avsentry.pipelines.windowing import frame
+from avsentry.pipelines.report import VerdictRecord, format_line, from_verdict, to_dict, window_fields
+from avsentry.pipelines.session import StreamSession, Window
 
 EXIT_FLAGGED = 3
+# Files at least this long (declared duration, in seconds) get a progress bar on a terminal.
+PROGRESS_MIN_S = 30.0
+# Windows judged per detector call.
+BATCH_WINDOWS = 32
 
 
-@dataclass(frozen=True, slots=True)
-class FileWindow:
-    file: str
-    start_s: float
-    end_s: float
-    verdict: WindowVerdict
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+class VerdictPrinter:
+    """Prints verdict records on stdout, one line each, and counts them.
+
+    Args:
+        as_json: One JSON object per line (:func:`~avsentry.pipelines.report.to_dict`) instead of
+            the text line (:func:`~avsentry.pipelines.report.format_line`).
+        prefix: Put before each text line.
+
+    Attributes:
+        write: Writes one line (default: ``print`` to stdout, flushed); replaceable, e.g. to
+            print around a progress bar.
+        windows / flagged: Final verdicts printed, and how many of them were flagged (interim
+            verdicts are printed but not counted).
+    """
+
+    def __init__(self, *, as_json: bool, prefix: str = "") -> None:
+        self.as_json = as_json
+        self.prefix = prefix
+        self.write: Callable[[str], None] = _print_line
+        self.windows = 0
+        self.flagged = 0
+
+    def __call__(self, record: VerdictRecord) -> None:
+        if record.is_final:
+            self.windows += 1
+            self.flagged += record.flagged
+        line = json.dumps(to_dict(record)) if self.as_json else format_line(record, prefix=self.prefix)
+        self.write(line)
+
+    def summary(self) -> str:
+        """``"W windows, K flagged"``."""
+        return f"{plural(self.windows, 'window')}, {self.flagged} flagged"
+
+    def exit_status(self, *, fail_on_flag: bool) -> int:
+        """3 when a window was flagged and ``fail_on_flag``, else 0."""
+        return EXIT_FLAGGED if fail_on_flag and self.flagged else 0
 
 
 def detector_config_overrides(args: argparse.Namespace) -> dict:
-    """The detector flags of ``check``/``calibrate`` as ``DetectorConfig.from_card`` overrides."""
-    transforms = None
-    if getattr(args, "transforms", None) is not None:
-        transforms = (
-            []
-            if args.transforms.strip() in ("", "none")
-            else [t.strip() for t in args.transforms.split(",") if t.strip()]
-        )
+    """The detector flags of ``check``/``calibrate`` as ``DetectorConfig.from_card`` overrides
+    (``--transforms`` arrives parsed, a tuple of specs; ``--noise-seed -1`` draws a random seed)."""
+    transforms = getattr(args, "transforms", None)
+    seed = getattr(args, "noise_seed", 0)
     return dict(
-        transforms=transforms,
+        transforms=None if transforms is None else list(transforms),
         n=getattr(args, "n", None),
         n0=getattr(args, "n0", None),
         sigma=getattr(args, "sigma", None),
@@ -46,12 +98,13 @@ def detector_config_overrides(args: argparse.Namespace) -> dict:
         alpha=getattr(args, "alpha", None),
         smoothing=False if getattr(args, "no_smoothing", False) else None,
         threshold=getattr(args, "threshold", None),
-        seed=getattr(args, "seed", 0),
+        seed=secrets.randbits(62) if seed == -1 else seed,
     )
 
 
 def detector_from_args(args: argparse.Namespace) -> tuple[Detector, bool]:
-    """Build the detector for ``--model`` with the card's calibrated config and CLI overrides."""
+    """The detector for ``--model``: the card's calibrated defence with the flags applied, and
+    whether its threshold was calibrated for exactly that defence."""
     manifest = read_manifest(args.model)
     cfg, calibrated = DetectorConfig.from_card(
         manifest.extra.get("detector"), **detector_config_overrides(args)
@@ -60,48 +113,160 @@ def detector_from_args(args: argparse.Namespace) -> tuple[Detector, bool]:
     return Detector(rec, cfg), calibrated
 
 
-def check_file(detector: Detector, path: Path, *, hop_s: float, batch: int = 32) -> Iterator[FileWindow]:
-    """Verdicts for each window of one file (raises AudioReadError on bad input)."""
+def hop_samples(hop_ms: int, *, sample_rate_hz: int, window: int) -> int:
+    """A hop in model-rate samples, as the server computes it.
+
+    Raises:
+        ValueError: a hop under one sample or longer than the window (it would skip audio).
+    """
+    hop = round(hop_ms * sample_rate_hz / 1000)
+    if hop > window:
+        raise ValueError(
+            f"--hop-ms {hop_ms} is longer than the model's {1000 * window / sample_rate_hz:g} ms window "
+            f"({window} samples at {sample_rate_hz} Hz): windows would skip audio"
+        )
+    if hop < 1:
+        raise ValueError(f"--hop-ms {hop_ms} is shorter than one sample at {sample_rate_hz} Hz")
+    return hop
+
+
+def check_file(
+    detector: Detector,
+    path: Path,
+    *,
+    hop: int,
+    calibrated: bool,
+    batch: int = BATCH_WINDOWS,
+    on_progress: Callable[[float, float | None], None] | None = None,
+) -> Iterator[VerdictRecord]:
+    """The verdict of every window of one file, in order, cut and keyed as the server does.
+
+    Args:
+        detector: Judges the windows; its config's threshold is the one in force.
+        path: Any file FFmpeg decodes.
+        hop: Hop in model-rate samples (see :func:`hop_samples`).
+        calibrated: Whether the threshold was calibrated for the detector's config.
+        batch: Windows per detector call (verdicts do not depend on it).
+        on_progress: Called with (seconds of audio judged, declared duration or ``None``).
+
+    Raises:
+        AudioReadError: missing, unreadable, empty or non-finite audio, a rate or channel count
+            out of bounds (possibly after some verdicts were yielded).
+    """
     spec = detector.recognizer.spec
-    audio = read_audio(path, sample_rate_hz=spec.sample_rate_hz)
-    lo, hi = spec.input_bounds
-    if audio.min() < lo or audio.max() > hi:
-        audio = np.clip(audio, lo, hi)
-    hop = max(1, round(hop_s * spec.sample_rate_hz))
-    windows, starts = frame(audio, window=spec.window_samples, hop=hop)
-    rate = spec.sample_rate_hz
-    for s in range(0, len(windows), batch):
-        verdicts = detector.analyze(windows[s : s + batch], keys=starts[s : s + batch].tolist())
-        for start, v in zip(starts[s : s + batch], verdicts, strict=True):
-            end = min(len(audio), int(start) + spec.window_samples)
-            yield FileWindow(file=str(path), start_s=int(start) / rate, end_s=end / rate, verdict=v)
+    state = detector.stream_state() if hasattr(detector, "stream_state") else None
+    with AudioFile(path) as audio:
+        rate = audio.info.sample_rate_hz
+        session = StreamSession(
+            input_rate_hz=rate,
+            channels=audio.info.channels,
+            model_rate_hz=spec.sample_rate_hz,
+            window=spec.window_samples,
+            hop=hop,
+        )
+
+        def judge(windows: list[Window]) -> Iterator[VerdictRecord]:
+            if not windows:
+                return
+            starts = [w.start for w in windows]
+            x = np.stack([w.samples for w in windows])
+            if state is None:
+                verdicts = detector.analyze(x, keys=starts)
+            else:
+                verdicts = detector.analyze(x, keys=starts, starts=starts, states=[state] * len(windows))
+            for w, v in zip(windows, verdicts, strict=True):
+                yield from_verdict(
+                    v,
+                    spec.labels,
+                    threshold=detector.config.threshold,
+                    calibrated=calibrated,
+                    **window_fields(
+                        request_id=str(path),
+                        model=spec.name,
+                        window_index=w.index,
+                        start_sample=w.start_in,
+                        end_sample=w.end_in,
+                        sample_rate_hz=rate,
+                    ),
+                )
+            if on_progress is not None:
+                on_progress(windows[-1].end_in / rate, audio.info.duration_s)
+
+        if on_progress is not None:
+            on_progress(0.0, audio.info.duration_s)
+        pending: list[Window] = []
+        for block in audio.blocks():
+            try:
+                pending += session.push(block)
+            except ValueError as e:
+                raise AudioReadError(f"{path}: {e}") from e
+            if len(pending) >= batch:
+                yield from judge(pending)
+                pending = []
+        pending += session.flush()
+        yield from judge(pending)
 
 
-def format_window(w: FileWindow, labels: tuple[str, ...]) -> str:
-    """One human-readable line per window."""
-    v = w.verdict
-    parts = [
-        f"{w.file} {w.start_s:6.2f}-{w.end_s:6.2f}s",
-        f"raw {labels[v.raw_label]} {v.raw_confidence:.2f}",
-    ]
-    parts.append(" ".join(f"{o.name}:{labels[o.label]}" for o in v.defended if o.name != "smoothing"))
-    if isinstance(v.smoothed, Prediction):
-        sm = f"smoothed {labels[v.smoothed.label]}"
-    elif isinstance(v.smoothed, Abstain):
-        sm = "smoothed ABSTAIN"
-    else:
-        sm = "smoothed -"
-    if isinstance(v.certificate, Certified):
-        sm += f" (r={v.certificate.radius:.2f})"
-    parts.append(sm)
-    parts.append(f"score {v.score:.3f}")
-    parts.append("FLAGGED: " + "; ".join(v.reasons) if v.flagged else "ok")
-    return " | ".join(p for p in parts if p)
+class _Progress:
+    """A tqdm bar on stderr over one file's seconds of audio, for long files on a terminal."""
+
+    def __init__(self, path: Path, *, quiet: bool) -> None:
+        self.path = path
+        self.quiet = quiet
+        self._bar: Any = None
+
+    def update(self, seconds: float, duration_s: float | None) -> None:
+        if self.quiet:
+            return
+        if self._bar is None:
+            if duration_s is not None and duration_s < PROGRESS_MIN_S:
+                return
+            from tqdm import tqdm
+
+            if duration_s is None:  # the header does not say: count seconds, no percentage
+                total, fmt = None, "{desc}: {n:.0f} s of audio [{elapsed}]"
+            else:
+                total = round(duration_s, 1)
+                fmt = (
+                    "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]"
+                )
+            self._bar = tqdm(
+                total=total,
+                desc=self.path.name,
+                unit="s",
+                file=sys.stderr,
+                leave=False,
+                disable=None,  # off when stderr is not a terminal
+                bar_format=fmt,
+            )
+        total = self._bar.total
+        target = seconds if total is None else min(seconds, total)
+        if target > self._bar.n:
+            self._bar.update(target - self._bar.n)
+
+    def write(self, line: str) -> None:
+        """Print a line on stdout without tearing the bar."""
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(line, file=sys.stdout)
+            sys.stdout.flush()
+        else:
+            _print_line(line)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def run_check(args: argparse.Namespace) -> int:
-    if args.hop_ms <= 0:
-        raise ValueError(f"--hop-ms must be > 0, got {args.hop_ms}")
+    """``avsentry check``: 0, 1 when a file could not be read, 3 on a flag with ``--fail-on-flag``."""
+    manifest = read_manifest(args.model)
+    spec = manifest.spec
+    hop = hop_samples(
+        500 if args.hop_ms is None else args.hop_ms,
+        sample_rate_hz=spec.sample_rate_hz,
+        window=spec.window_samples,
+    )
     detector, calibrated = detector_from_args(args)
     if not calibrated and detector.config.threshold is not None and args.threshold is None:
         print(
@@ -109,26 +274,31 @@ def run_check(args: argparse.Namespace) -> int:
             "configuration; FPR is unknown (run avsentry calibrate)",
             file=sys.stderr,
         )
-    labels = detector.recognizer.spec.labels
-    failed = flagged = 0
+    printer = VerdictPrinter(as_json=args.json)
+    failed = 0
     for path in args.files:
+        if len(args.files) > 1:
+            printer.prefix = f"{path} "  # text lines say which file; JSON has it in request_id
+        progress = _Progress(path, quiet=args.quiet)
+        printer.write = progress.write
+        error = None
         try:
-            for w in check_file(detector, path, hop_s=args.hop_ms / 1000):
-                flagged += w.verdict.flagged
-                if args.json:
-                    obj = {
-                        "file": w.file,
-                        "start_s": round(w.start_s, 4),
-                        "end_s": round(w.end_s, 4),
-                    }
-                    obj.update(verdict_to_dict(w.verdict, labels))
-                    obj["threshold"] = detector.config.threshold
-                    print(json.dumps(obj), flush=True)
-                else:
-                    print(format_window(w, labels), flush=True)
+            for record in check_file(
+                detector, path, hop=hop, calibrated=calibrated, on_progress=progress.update
+            ):
+                printer(record)
         except AudioReadError as e:
+            error = e
+        finally:
+            progress.close()
+        if error is not None:
             failed += 1
-            print(f"avsentry check: error: {e}", file=sys.stderr)
+            print(f"avsentry check: error: {error}", file=sys.stderr, flush=True)
+    if not args.quiet and failed < len(args.files):  # nothing to sum up when every file failed
+        summary = f"{plural(len(args.files), 'file')}, {printer.summary()}"
+        if failed:
+            summary += f", {failed} unreadable"
+        print(f"avsentry check: {summary}", file=sys.stderr, flush=True)
     if failed:
         return 1
-    return EXIT_FLAGGED if args.fail_on_flag and flagged else 0
+    return printer.exit_status(fail_on_flag=args.fail_on_flag)

@@ -1,17 +1,47 @@
-"""`avsentry check`, `models` and `--help` as a user runs them: a real subprocess."""
+"""`avsentry check` and `models` as a user runs them: a real subprocess on real files."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import select
+import struct
 import subprocess
 import sys
+import termios
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from avsentry.pipelines.windowing import frame
+from avsentry.stream.commands import demo_clips
 from avsentry.tools import synth
+
+# The one verdict schema (pipelines/report.py): field -> JSON type.
+VERDICT_FIELDS = {
+    "request_id": str,
+    "window_index": int,
+    "start_sample": int,
+    "end_sample": int,
+    "start_s": float,
+    "end_s": float,
+    "model": str,
+    "raw_label": str,
+    "raw_confidence": float,
+    "defended": list,
+    "smoothed": dict,
+    "score": float,
+    "threshold": float,
+    "calibrated": bool,
+    "flagged": bool,
+    "reasons": list,
+    "latency_ms": float,
+    "is_final": bool,
+}
 
 
 def n_windows(path, hop: int) -> int:
@@ -26,42 +56,95 @@ def avsentry(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
+def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
+    """``(frames,)`` or ``(frames, channels)`` float audio as 16-bit PCM."""
+    x = audio if audio.ndim == 2 else audio[:, None]
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(x.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
 def test_check_reads_spoken_digits_without_flags(digit_wav) -> None:
     r = avsentry("check", str(digit_wav), "--device", "cpu")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert len(lines) == n_windows(digit_wav, hop=8000)
+    n = n_windows(digit_wav, hop=8000)
+    assert len(lines) == n
     raw = {ln.split(" | ")[1].split()[1] for ln in lines}
     assert {"three", "seven", "one"} <= raw
     assert not any("FLAGGED" in ln for ln in lines)
+    assert r.stderr.strip().splitlines()[-1] == f"avsentry check: 1 file, {n} windows, 0 flagged"
 
 
-def test_check_json_has_one_object_per_window(digit_wav) -> None:
+def test_check_json_is_the_verdict_schema(digit_wav) -> None:
+    """Every field of the proto Verdict under its name and JSON type; bounds in the file's samples."""
     r = avsentry("check", str(digit_wav), "--json", "--device", "cpu", "--hop-ms", "1000")
     assert r.returncode == 0, r.stderr
     objs = [json.loads(ln) for ln in r.stdout.splitlines()]
     assert len(objs) == n_windows(digit_wav, hop=16000)
-    for o in objs:
-        assert {
-            "file",
-            "start_s",
-            "end_s",
-            "raw",
-            "transforms",
-            "smoothed",
-            "score",
-            "flagged",
-            "reasons",
-            "threshold",
-        } <= set(o)
-        assert o["raw"]["label"] in synth.LABELS and 0 <= o["raw"]["confidence"] <= 1
-        assert "radius" in o["smoothed"] and "abstain" in o["smoothed"]
-        assert o["flagged"] is False
-    assert [o["start_s"] for o in objs] == [float(i) for i in range(len(objs))]
+    for i, o in enumerate(objs):
+        assert list(o) == list(VERDICT_FIELDS)
+        for name, kind in VERDICT_FIELDS.items():
+            assert type(o[name]) is kind, (name, o[name])
+        assert o["request_id"] == str(digit_wav) and o["model"] == "digits"
+        assert o["window_index"] == i
+        assert (o["start_sample"], o["end_sample"]) == (16000 * i, 16000 * (i + 1))
+        assert (o["start_s"], o["end_s"]) == (float(i), float(i + 1))
+        assert o["raw_label"] in synth.LABELS and 0 <= o["raw_confidence"] <= 1
+        assert [d["name"] for d in o["defended"]] == ["mp3", "opus", "aac", "noise", "smoothing"]
+        assert {"label", "abstain", "counts", "p_value", "certified_label", "radius", "p_lower"} == set(
+            o["smoothed"]
+        )
+        assert o["calibrated"] is True and o["threshold"] > 0 and o["flagged"] is False
+        assert o["latency_ms"] == 0.0 and o["is_final"] is True
+    # the last window is zero-padded past the end of the audio, as the server reports it
+    with wave.open(str(digit_wav)) as w:
+        assert objs[-1]["end_sample"] > w.getnframes() > objs[-1]["start_sample"]
+
+
+def test_check_without_smoothing_or_threshold_renders_nulls(digit_wav) -> None:
+    r = avsentry(
+        "check", str(digit_wav), "--json", "--device", "cpu", "--no-smoothing", "--transforms", "none"
+    )
+    assert r.returncode == 0, r.stderr
+    o = json.loads(r.stdout.splitlines()[0])
+    assert o["smoothed"] is None and o["defended"] == [] and o["calibrated"] is False
+
+
+def test_check_resamples_and_downmixes_with_bounds_at_the_files_rate(tmp_path, digit_audio) -> None:
+    """A 22.05 kHz stereo file: windows cut at the model rate, bounds reported at 22.05 kHz."""
+    from avsentry.pipelines.audio_io import resample
+
+    x = resample(digit_audio, 16000, 22050)
+    path = write_wav(tmp_path / "stereo.wav", np.stack([x, 0.5 * x], axis=1), 22050)
+    r = avsentry("check", str(path), "--json", "--device", "cpu", "--n", "8", "--n0", "2")
+    assert r.returncode == 0, r.stderr
+    objs = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert [o["start_sample"] for o in objs] == [round(8000 * i * 22050 / 16000) for i in range(len(objs))]
+    assert all(o["end_sample"] - o["start_sample"] == 22050 for o in objs)
+    assert objs[-1]["end_sample"] >= len(x) > objs[-1]["start_sample"]
+    assert {"three", "seven", "one"} <= {o["raw_label"] for o in objs}
+
+
+def test_hop_longer_than_the_window_is_refused_in_one_line(digit_wav) -> None:
+    """Before: windows 1.5 s apart silently skipped audio and one ended past the file."""
+    r = avsentry("check", str(digit_wav), "--hop-ms", "1500", "--device", "cpu")
+    assert r.returncode == 1 and r.stdout == "" and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "--hop-ms 1500" in line and "1000 ms window" in line
+
+
+@pytest.mark.parametrize("hop", ["0", "-5", "250.5", "x"])
+def test_a_malformed_hop_is_a_usage_error(digit_wav, hop) -> None:
+    r = avsentry("check", str(digit_wav), "--hop-ms", hop)
+    assert r.returncode == 2 and "--hop-ms" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("content", [None, b"definitely not audio" * 50])
-def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, content) -> None:
+def test_bad_input_gives_one_line_and_exit_1(tmp_path, content) -> None:
     path = tmp_path / "x.wav"
     if content is not None:
         path.write_bytes(content)
@@ -71,10 +154,83 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, content) -> None:
     assert len(r.stderr.strip().splitlines()) == 1 and str(path) in r.stderr
 
 
+def test_a_bad_file_among_good_ones_exits_1_and_is_counted(tmp_path) -> None:
+    clean = demo_clips()[0]
+    r = avsentry("check", str(clean), str(tmp_path / "missing.wav"), "--device", "cpu")
+    assert r.returncode == 1
+    assert r.stdout.startswith(f"{clean}   0.00-  1.00s | raw seven")
+    assert r.stderr.strip().splitlines()[-1] == ("avsentry check: 2 files, 1 window, 0 flagged, 1 unreadable")
+
+
+def test_fail_on_flag_exits_3_on_the_adversarial_clip_only() -> None:
+    clean, adversarial = demo_clips()
+    r = avsentry("check", str(clean), str(adversarial), "--device", "cpu", "--fail-on-flag")
+    assert r.returncode == 3, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(str(clean)) and "ok" in lines[0]
+    assert lines[1].startswith(str(adversarial)) and "FLAGGED" in lines[1]
+    assert r.stderr.strip().splitlines()[-1] == "avsentry check: 2 files, 2 windows, 1 flagged"
+    r = avsentry("check", str(adversarial), "--device", "cpu", "--quiet")
+    assert r.returncode == 0 and "FLAGGED" in r.stdout and r.stderr == ""  # flagged, but not asked to fail
+    r = avsentry("check", str(clean), "--device", "cpu", "--fail-on-flag")
+    assert r.returncode == 0, r.stderr
+
+
+def _run_on_a_terminal(*args: str) -> tuple[int, str, str]:
+    """Run the CLI with stderr on a pseudo-terminal (stdout a pipe); returns rc, stdout, stderr."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avsentry", *args], stdout=subprocess.PIPE, stderr=slave, text=True
+    )
+    os.close(slave)
+    err = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            err += chunk
+        elif proc.poll() is not None:
+            break
+    out, _ = proc.communicate(timeout=60)
+    os.close(master)
+    return proc.returncode, out, err.decode(errors="replace")
+
+
+def test_long_files_show_a_progress_bar_on_a_terminal_only(tmp_path) -> None:
+    gen = np.random.default_rng(0)
+    path = write_wav(tmp_path / "long.wav", 0.01 * gen.standard_normal(31 * 16000), 16000)
+    fast = (
+        "--device",
+        "cpu",
+        "--transforms",
+        "none",
+        "--no-smoothing",
+        "--hop-ms",
+        "1000",
+        "--threshold",
+        "1.8",
+    )
+    rc, out, err = _run_on_a_terminal("check", str(path), *fast)
+    assert rc == 0, err
+    assert len(out.splitlines()) == 31
+    assert "long.wav:" in err and "s of audio" in err and "100%" in err
+    assert "avsentry check: 1 file, 31 windows, 0 flagged" in err
+    rc, out, err = _run_on_a_terminal("check", str(path), *fast, "--quiet")
+    assert rc == 0 and len(out.splitlines()) == 31 and err.strip() == ""
+    r = avsentry("check", str(path), *fast)  # stderr a pipe: no bar, just the summary
+    assert r.returncode == 0 and r.stderr == "avsentry check: 1 file, 31 windows, 0 flagged\n"
+
+
 def test_bad_transform_spec_is_a_one_line_error(digit_wav) -> None:
     r = avsentry("check", str(digit_wav), "--transforms", "mp3,nosuch", "--device", "cpu")
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "nosuch" in r.stderr
+    assert "nosuch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_models_lists_the_embedded_model() -> None:
@@ -82,11 +238,7 @@ def test_models_lists_the_embedded_model() -> None:
     assert r.returncode == 0, r.stderr
     (m,) = json.loads(r.stdout)
     assert m["name"] == "digits" and m["threshold"] > 0 and m["measured_fpr"] is not None
-
-
-@pytest.mark.parametrize(
-    "cmd", [[], ["check"], ["train"], ["calibrate"], ["bench", "core"], ["models"], ["demo"]]
-)
-def test_help_texts(cmd) -> None:
-    r = avsentry(*cmd, "--help")
-    assert r.returncode == 0 and "usage: avsentry" in r.stdout
+    assert m["transforms"] == ["mp3", "opus", "aac", "noise"] or all(":" in t for t in m["transforms"])
+    assert m["smoothing_n"] == 32 and m["smoothing_representation"] == "logmel"
+    r = avsentry("models")
+    assert r.returncode == 0 and r.stdout.startswith("digits: 12 labels")
