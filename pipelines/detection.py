@@ -9,16 +9,26 @@ the raw softmax and any defended softmax; the flag is ``score > threshold``, wit
 calibrated on held-out clean audio to a target false-positive rate (:func:`calibrate_threshold`).
 Label disagreements and a smoothed abstention are reported as reasons.
 
-Randomized smoothing per window uses one draw of ``n`` noisy copies: PREDICT on all ``n`` votes,
-and CERTIFY with the first ``n0`` copies selecting ``c_A`` and the other ``n - n0`` bounding it.
-Each window's noise comes from its own generator seeded by ``(seed, key)``, so a window's verdict
-does not depend on what else is in the batch.
+Randomized smoothing per window uses one draw of ``n`` noisy copies in one forward pass: PREDICT
+on all ``n`` votes, and CERTIFY with the first ``n0`` copies selecting ``c_A`` and the other
+``n - n0`` bounding it. Each window's noise comes from its own generator seeded by
+``(seed, key)``, so a window's verdict does not depend on what else is in the batch.
+
+Codec round trips are segment-wise (:class:`~avsentry.pipelines.transforms.SegmentedTransform`):
+all parts of a batch go to one shared thread pool at once and run while the raw forward pass,
+the other transforms and smoothing run on the calling thread; equal parts within a batch are
+round tripped once, and a :class:`StreamState` lets later windows of a stream reuse the part
+they share with earlier ones (with a 1 s window, 2 segments and a 0.5 s hop, every sample of a
+stream is encoded once per codec).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +40,17 @@ from avsentry.pipelines.recognizers.base import SmoothableRecognizer
 from avsentry.pipelines.smoothing import (
     SmoothingConfig,
     certify_from_counts,
+    count_votes,
     predict_from_counts,
-    sample_counts,
+    sample_votes,
 )
-from avsentry.pipelines.transforms import TRANSFORM_NAMES, make_transform, parse_transform_spec
-from avsentry.pipelines.transforms.base import Transform
+from avsentry.pipelines.transforms import (
+    SegmentedTransform,
+    Transform,
+    codec_executor,
+    normalize_transform_spec,
+    transform_from_spec,
+)
 from avsentry.pipelines.types import Abstain, Certified, Prediction
 
 DEFAULT_TRANSFORMS = ("mp3", "opus", "aac", "noise")
@@ -45,7 +61,9 @@ class DetectorConfig:
     """What the detector runs per window.
 
     Attributes:
-        transforms: Transform specs (``"mp3"``, ``"opus:bitrate_kbps=12"``...).
+        transforms: Transform specs (``"mp3"``, ``"opus:bitrate_kbps=12"``...), stored in their
+            canonical form (:func:`~avsentry.pipelines.transforms.normalize_transform_spec`), so
+            configs of the same defence are equal however their specs were spelled.
         smoothing: Randomized-smoothing parameters, or ``None`` to skip smoothing.
         threshold: Flag when the score exceeds this (from calibration); ``None`` never flags.
         seed: Base seed for transform and smoothing randomness.
@@ -57,10 +75,12 @@ class DetectorConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for spec in self.transforms:
-            name, _ = parse_transform_spec(spec)  # raises ValueError on a malformed spec
-            if name not in TRANSFORM_NAMES:
-                raise ValueError(f"unknown transform {name!r}; known: {', '.join(TRANSFORM_NAMES)}")
+        if isinstance(self.transforms, str):
+            raise ValueError(f"transforms must be a sequence of specs, got the string {self.transforms!r}")
+        # raises ValueError on a malformed spec, an unknown transform or parameter
+        object.__setattr__(
+            self, "transforms", tuple(normalize_transform_spec(spec) for spec in self.transforms)
+        )
         if self.smoothing is not None and self.smoothing.n0 >= self.smoothing.n:
             raise ValueError(
                 f"smoothing n0 ({self.smoothing.n0}) must be < n ({self.smoothing.n}): the first n0 "
@@ -114,7 +134,7 @@ class DetectorConfig:
         transforms = tuple(o.get("transforms", fp.get("transforms", DEFAULT_TRANSFORMS)))  # type: ignore[call-overload]
         cfg = cls(transforms=transforms, smoothing=smoothing, seed=int(o.get("seed", 0)))  # type: ignore[call-overload]
         threshold = o.get("threshold", detector.get("threshold"))
-        calibrated = "threshold" not in o and bool(fp) and cfg.fingerprint() == fp
+        calibrated = "threshold" not in o and bool(fp) and cfg.fingerprint() == _normalized(fp)
         cfg = cls(
             transforms=cfg.transforms,
             smoothing=cfg.smoothing,
@@ -124,7 +144,8 @@ class DetectorConfig:
         return cfg, calibrated
 
     def fingerprint(self) -> dict:
-        """The fields a calibrated threshold depends on (stored in the model card)."""
+        """The fields a calibrated threshold depends on (stored in the model card); transform
+        specs in canonical form."""
         s = self.smoothing
         return {
             "transforms": list(self.transforms),
@@ -138,6 +159,16 @@ class DetectorConfig:
                 "alpha": s.alpha,
             },
         }
+
+
+def _normalized(fingerprint: dict) -> dict | None:
+    """A stored fingerprint with its transform specs in canonical form (``None`` if they no
+    longer parse: then it matches no config)."""
+    try:
+        specs = [normalize_transform_spec(spec) for spec in fingerprint.get("transforms", [])]
+    except ValueError:
+        return None
+    return {**fingerprint, "transforms": specs}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,8 +190,9 @@ class WindowVerdict:
         defended: One entry per transform, plus ``"smoothing"`` (mean noisy softmax).
         smoothed: PREDICT outcome over all ``n`` votes (``None`` without smoothing).
         certificate: CERTIFY outcome (``Certified`` with radius, or ``Abstain``).
-        score: Largest L1 distance between raw and defended softmax, in [0, 2].
-        flagged: ``score > threshold``.
+        score: Largest L1 distance between raw and defended softmax, in [0, 2]; ``nan`` (or
+            ``inf``) when a softmax was not finite.
+        flagged: ``score > threshold``, or the score is not finite (whatever the threshold).
         reasons: Human-readable signals (score over threshold, label changes, abstention).
     """
 
@@ -175,28 +207,128 @@ class WindowVerdict:
     reasons: tuple[str, ...]
 
 
+class StreamState:
+    """What later windows of one stream can reuse: its recently round-tripped codec parts.
+
+    Made by :meth:`Detector.stream_state`, kept by the caller for the stream's lifetime and passed
+    with each of its windows. Thread-safe: batches of one stream may be analyzed at once on
+    several threads; a part one of them is still encoding is awaited by the other, not encoded
+    twice. An entry is the output of one transform on one part, keyed by the part's content (a
+    BLAKE2b digest), so a reused output is exactly what encoding the part afresh gives. Memory is
+    bounded: after each batch, parts starting a window length or more before the newest window
+    seen are dropped (later windows start after it; the slack serves a batch running late on
+    another thread), and at most ``max_entries`` are kept (the oldest go first).
+
+    Attributes:
+        hits: Parts found here (encoded for an earlier batch, or in flight).
+        misses: Parts this state had to have encoded.
+    """
+
+    def __init__(self, *, owner: int, horizon: int, max_entries: int) -> None:
+        self._owner = owner
+        self._horizon = horizon
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[int, bytes], tuple[int, Future]] = {}
+        self._newest: int | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def _advance(self, newest_start: int) -> None:
+        """Note a window starting at ``newest_start``; drop parts no later window can need."""
+        with self._lock:
+            if self._newest is None or newest_start > self._newest:
+                self._newest = newest_start
+            oldest = self._newest - self._horizon
+            for key in [k for k, (start, _) in self._entries.items() if start <= oldest]:
+                del self._entries[key]
+
+    def _get_or_submit(self, key: tuple[int, bytes], start: int, submit: Callable[[], Future]) -> Future:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None and not _failed(found[1]):
+                self.hits += 1
+                self._entries[key] = (max(found[0], start), found[1])
+                return found[1]
+            self.misses += 1
+            future = submit()
+            self._put(key, start, future)
+            return future
+
+    def _put_if_absent(self, key: tuple[int, bytes], start: int, future: Future) -> None:
+        with self._lock:
+            if key not in self._entries:
+                self._put(key, start, future)
+
+    def _put(self, key: tuple[int, bytes], start: int, future: Future) -> None:
+        self._entries[key] = (start, future)
+        if len(self._entries) > self._max_entries:
+            by_age = sorted(self._entries, key=lambda k: self._entries[k][0])
+            for old in by_age[: len(self._entries) - self._max_entries]:
+                del self._entries[old]
+
+
+def _failed(future: Future) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
+
+
+def _digest(samples: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(samples).data, digest_size=16).digest()
+
+
 class Detector:
     """Runs raw, transformed and smoothed predictions on batches of windows.
+
+    Thread-safe: several threads may call :meth:`analyze` at once.
 
     Args:
         recognizer: The model under guard.
         config: Transforms, smoothing and threshold.
+        executor: Where codec parts are round tripped; default the process-wide pool
+            (:func:`~avsentry.pipelines.transforms.codec_executor`).
     """
 
-    def __init__(self, recognizer: SmoothableRecognizer, config: DetectorConfig | None = None) -> None:
+    def __init__(
+        self,
+        recognizer: SmoothableRecognizer,
+        config: DetectorConfig | None = None,
+        *,
+        executor: Executor | None = None,
+    ) -> None:
         self.recognizer = recognizer
         self.config = config or DetectorConfig()
+        self._executor = executor
         rate = recognizer.spec.sample_rate_hz
-        self.transforms: list[Transform] = []
-        for spec in self.config.transforms:
-            name, params = parse_transform_spec(spec)
-            self.transforms.append(make_transform(name, sample_rate_hz=rate, **params))
+        self.transforms: list[Transform] = [
+            transform_from_spec(spec, sample_rate_hz=rate) for spec in self.config.transforms
+        ]
         s = self.config.smoothing
         if s is not None and s.representation not in recognizer.representations:
             raise ValueError(
                 f"smoothing representation {s.representation!r} is not offered by model "
                 f"{recognizer.spec.name!r} (offers {recognizer.representations})"
             )
+        window = recognizer.spec.window_samples
+        self._parts_per_window = sum(
+            len(t.segment_bounds(window)) for t in self.transforms if isinstance(t, SegmentedTransform)
+        )
+
+    @property
+    def executor(self) -> Executor:
+        """The pool codec parts run on."""
+        return self._executor or codec_executor()
+
+    def stream_state(self) -> StreamState:
+        """A fresh :class:`StreamState` for one stream analyzed by this detector."""
+        return StreamState(
+            owner=id(self),
+            horizon=self.recognizer.spec.window_samples,
+            max_entries=max(1, 4 * self._parts_per_window),
+        )
 
     def _generators(self, keys: Sequence[int]) -> list[torch.Generator]:
         dev = self.recognizer.device
@@ -210,16 +342,31 @@ class Detector:
         windows: np.ndarray,
         keys: Sequence[int] | None = None,
         *,
+        starts: Sequence[int] | None = None,
+        states: Sequence[StreamState | None] | None = None,
         on_raw: Callable[[np.ndarray], None] | None = None,
     ) -> list[WindowVerdict]:
         """Verdicts for ``(batch, window_samples)`` float32 windows.
+
+        Codec parts of all windows are submitted to the executor first; the raw forward pass,
+        the other transforms and smoothing run on this thread meanwhile; then the defended copies
+        go through the recognizer in one batch. A window's verdict is the same whatever it is
+        batched with and whether its parts were reused or encoded afresh.
 
         Args:
             windows: Mono windows at the model's rate, in its input bounds. Not modified.
             keys: Per-window integers (e.g. start sample) that seed its randomness;
                 defaults to ``0..batch-1``.
+            starts: Per-window first sample at the model's rate within its stream; needed with
+                ``states`` (to know which parts later windows may still reuse).
+            states: Per-window :class:`StreamState` of its stream (from :meth:`stream_state`),
+                or ``None`` for a window with no stream to reuse parts from.
             on_raw: Called with the raw probabilities ``(batch, classes)`` as soon as they are
-                known, before the defences run (for interim results).
+                known, before the defences finish (for interim results).
+
+        Raises:
+            ValueError: Wrong shape, NaN or Inf samples, or ``keys``/``starts``/``states`` of
+                the wrong length or from another detector.
         """
         x = np.asarray(windows, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.recognizer.spec.window_samples:
@@ -228,26 +375,96 @@ class Detector:
             )
         if not np.isfinite(x).all():
             raise ValueError("windows contain NaN or Inf")
-        keys = list(range(len(x))) if keys is None else list(keys)
+        keys = list(range(len(x))) if keys is None else [int(k) for k in keys]
         if len(keys) != len(x):
             raise ValueError("keys must have one entry per window")
+        if states is not None:
+            if starts is None:
+                raise ValueError("states need starts: each window's first sample in its stream")
+            if len(states) != len(x):
+                raise ValueError("states must have one entry per window")
+            if any(st is not None and st._owner != id(self) for st in states):
+                raise ValueError("a StreamState was made by another detector")
+        if starts is not None and len(starts) != len(x):
+            raise ValueError("starts must have one entry per window")
         if len(x) == 0:
             return []
+        parts = self._submit_parts(x, starts, states)
         raw = self.recognizer.predict(x)
         if on_raw is not None:
             on_raw(raw)
-        defended: list[tuple[str, np.ndarray]] = []
-        for t in self.transforms:
-            defended.append((t.name, self.recognizer.predict(self._transform(t, x, keys))))
+        copies: dict[int, np.ndarray] = {
+            j: self._transform(t, x, keys)
+            for j, t in enumerate(self.transforms)
+            if not isinstance(t, SegmentedTransform)
+        }
         smoothed: list = [None] * len(x)
         certs: list = [None] * len(x)
+        mean_probs = None
         s = self.config.smoothing
         if s is not None:
             sel, est, mean_probs = self.smooth(x, keys)
-            defended.append(("smoothing", mean_probs))
             smoothed = [predict_from_counts(a + b, s.alpha) for a, b in zip(sel, est, strict=True)]
             certs = [certify_from_counts(a, b, s.alpha, s.sigma) for a, b in zip(sel, est, strict=True)]
+        for j, futures in parts.items():
+            copies[j] = np.stack([np.concatenate([f.result() for f in row]) for row in futures])
+        defended: list[tuple[str, np.ndarray]] = []
+        if self.transforms:
+            probs = self.recognizer.predict(np.concatenate([copies[j] for j in range(len(self.transforms))]))
+            for j, t in enumerate(self.transforms):
+                defended.append((t.name, probs[j * len(x) : (j + 1) * len(x)]))
+        if mean_probs is not None:
+            defended.append(("smoothing", mean_probs))
         return [self._verdict(i, raw[i], defended, smoothed[i], certs[i]) for i in range(len(x))]
+
+    def _submit_parts(
+        self,
+        x: np.ndarray,
+        starts: Sequence[int] | None,
+        states: Sequence[StreamState | None] | None,
+    ) -> dict[int, list[list[Future]]]:
+        """Submit every part of every segment-wise transform; returns, per transform index, the
+        futures of each window's parts in order. Equal parts (same transform, same samples) share
+        one future, within the batch and, through ``states``, with earlier batches."""
+        segmented = [(j, t) for j, t in enumerate(self.transforms) if isinstance(t, SegmentedTransform)]
+        if not segmented:
+            return {}
+        executor = self.executor
+        digests: dict[tuple[int, int, int], bytes] = {}
+        local: dict[tuple[int, bytes], Future] = {}
+        out: dict[int, list[list[Future]]] = {}
+        for j, t in segmented:
+            bounds = t.segment_bounds(x.shape[1])
+            rows: list[list[Future]] = []
+            for i in range(len(x)):
+                row: list[Future] = []
+                state = states[i] if states is not None else None
+                for a, b in bounds:
+                    segment = x[i, a:b]
+                    digest = digests.get((i, a, b))
+                    if digest is None:
+                        digest = digests[(i, a, b)] = _digest(segment)
+                    key = (j, digest)
+                    start = 0 if starts is None else int(starts[i]) + a
+
+                    def submit(t: SegmentedTransform = t, segment: np.ndarray = segment) -> Future:
+                        # a copy: the job must not see the caller's buffer change under it
+                        return executor.submit(t.apply_segment, segment.copy())
+
+                    future = local.get(key)
+                    if future is None:
+                        future = submit() if state is None else state._get_or_submit(key, start, submit)
+                        local[key] = future
+                    elif state is not None:
+                        state._put_if_absent(key, start, future)
+                    row.append(future)
+                rows.append(row)
+            out[j] = rows
+        if states is not None and starts is not None:  # after the look-ups: this batch's own
+            for st, start in zip(states, starts, strict=True):  # first window needs its parts
+                if st is not None:
+                    st._advance(int(start))
+        return out
 
     def _transform(self, t: Transform, x: np.ndarray, keys: Sequence[int]) -> np.ndarray:
         """Apply ``t``; a randomized transform draws each window's randomness from its key."""
@@ -265,17 +482,18 @@ class Detector:
 
     @torch.no_grad()
     def smooth(self, x: np.ndarray, keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Selection counts ``(batch, C)`` from ``n0`` copies, estimation counts from ``n - n0``,
-        and the mean softmax over all ``n`` copies."""
+        """Selection counts ``(batch, C)`` from the first ``n0`` of ``n`` noisy copies, estimation
+        counts from the other ``n - n0``, and the mean softmax over all ``n`` copies; one draw
+        and one pass of the ``n`` copies through the recognizer."""
         s = self.config.smoothing
         assert s is not None
         rec = self.recognizer
         z = rec.encode(torch.from_numpy(x).to(rec.device), s.representation)
-        gens = self._generators(keys)
-        sel, p_sel = sample_counts(rec, z, s.n0, s, gens, return_mean_probs=True)
-        est, p_est = sample_counts(rec, z, s.n - s.n0, s, gens, return_mean_probs=True)
-        mean = (p_sel * s.n0 + p_est * (s.n - s.n0)) / s.n
-        return sel, est, mean.astype(np.float32)
+        votes, mean = sample_votes(rec, z, s.n, s, self._generators(keys))
+        n_classes = len(rec.spec.labels)
+        sel = count_votes(votes[:, : s.n0], n_classes)
+        est = count_votes(votes[:, s.n0 :], n_classes)
+        return sel, est, mean.cpu().numpy().astype(np.float32, copy=False)
 
     def _verdict(
         self,
@@ -302,14 +520,21 @@ class Detector:
             )
             if label != raw_label:
                 reasons.append(f"{name} says {labels[label]}")
-        score = max((o.distance for o in outs), default=0.0)
+        distances = np.array([o.distance for o in outs] or [0.0])
+        finite = bool(np.isfinite(raw).all() and np.isfinite(distances).all())
+        if finite:
+            score = float(distances.max())
+        else:  # max() would depend on where the NaN sits
+            score = float("nan") if np.isnan(distances).any() or np.isnan(raw).any() else float("inf")
         thr = self.config.threshold
-        flagged = thr is not None and score > thr
+        flagged = not finite or (thr is not None and score > thr)
         if isinstance(smoothed, Abstain):
             reasons.append("smoothing abstained")
         elif isinstance(smoothed, Prediction) and smoothed.label != raw_label:
             reasons.append(f"smoothed vote says {labels[smoothed.label]}")
-        if flagged:
+        if not finite:
+            reasons.insert(0, "non-finite score")
+        elif flagged:
             reasons.insert(0, f"score {score:.3f} > threshold {thr:.3f}")
         return WindowVerdict(
             raw_label=raw_label,

@@ -16,6 +16,8 @@ can batch the noisy forward passes of many streams together.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,24 +63,93 @@ class SmoothingConfig:
 Generators = torch.Generator | Sequence[torch.Generator]
 
 
-def noisy_copies(z: torch.Tensor, n: int, sigma: float, generator: Generators) -> torch.Tensor:
+def noisy_copies(
+    z: torch.Tensor, n: int, sigma: float, generator: Generators, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``n`` Gaussian-noised copies of each item: ``(batch, *shape)`` -> ``(batch * n, *shape)``.
 
     Copies of item ``i`` occupy rows ``i*n .. i*n+n-1``. Noise is drawn on ``z.device``, from
     ``generator``, or from ``generator[i]`` for item ``i`` when a sequence is given (then an
-    item's noise does not depend on the rest of the batch).
+    item's noise does not depend on the rest of the batch). Each item's noise is drawn straight
+    into its rows and ``z`` is added in place, broadcast over the copies: no other copy is made.
+
+    Args:
+        z: ``(batch, *shape)`` inputs.
+        n: Copies per item.
+        sigma: Noise standard deviation.
+        generator: One generator on ``z.device``, or one per item.
+        out: Optional contiguous buffer of at least ``batch * n * prod(shape)`` elements of
+            ``z.dtype`` on ``z.device`` to fill (reused across calls to save allocations).
     """
-    shape = (n, *z.shape[1:])
-    if isinstance(generator, torch.Generator):
-        noise = torch.randn((z.shape[0], *shape), generator=generator, device=z.device, dtype=z.dtype)
+    b = z.shape[0]
+    shape = (b, n, *z.shape[1:])
+    numel = math.prod(shape)
+    if out is None:
+        noise = torch.empty(shape, device=z.device, dtype=z.dtype)
     else:
-        if len(generator) != z.shape[0]:
-            raise ValueError(f"need one generator per item: {len(generator)} for {z.shape[0]}")
-        noise = torch.stack(
-            [torch.randn(shape, generator=g, device=z.device, dtype=z.dtype) for g in generator]
-        )
-    # in place, broadcasting z over the n copies: no repeated copy of z is materialised
-    return noise.mul_(sigma).add_(z.unsqueeze(1)).view(z.shape[0] * n, *z.shape[1:])
+        noise = out.view(-1)[:numel].view(shape)
+    if isinstance(generator, torch.Generator):
+        torch.randn(shape, generator=generator, out=noise)
+    else:
+        if len(generator) != b:
+            raise ValueError(f"need one generator per item: {len(generator)} for {b}")
+        for i, g in enumerate(generator):
+            torch.randn(shape[1:], generator=g, out=noise[i])
+    # noise <- z + sigma * noise, in one pass
+    torch.add(z.unsqueeze(1), noise, alpha=sigma, out=noise)
+    return noise.view(b * n, *z.shape[1:])
+
+
+@torch.no_grad()
+def sample_votes(
+    model: SmoothableRecognizer,
+    z: torch.Tensor,
+    n: int,
+    cfg: SmoothingConfig,
+    generator: Generators,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 class of ``n`` noisy copies of each item of ``z`` (already in the representation).
+
+    Copies go through the model in forward passes of about ``cfg.batch_size`` copies (whole items
+    when ``n <= cfg.batch_size``). With one generator per item, an item's noise depends only on
+    its own generator (and, when ``n > cfg.batch_size``, on ``cfg.batch_size``).
+
+    Args:
+        model: Recognizer offering ``logits_from(z, representation)``.
+        z: ``(batch, *shape)`` inputs in ``cfg.representation``.
+        n: Noisy samples per item.
+        cfg: Smoothing parameters (sigma, representation, batch size).
+        generator: Seeded generator on ``z.device``, or one per item (see :func:`noisy_copies`).
+
+    Returns:
+        ``(batch, n)`` int64 votes, in the order the copies were drawn, and the
+        ``(batch, classes)`` float32 mean softmax over the copies; both on ``z.device``.
+    """
+    b = z.shape[0]
+    n_classes = len(model.spec.labels)
+    votes = torch.empty(b, n, dtype=torch.int64, device=z.device)
+    probs = torch.zeros(b, n_classes, dtype=torch.float32, device=z.device)
+    items = max(1, cfg.batch_size // max(1, n))  # items per forward pass
+    copies = min(n, max(1, cfg.batch_size))  # copies per item per forward pass
+    buffer = torch.empty(min(b, items) * copies * math.prod(z.shape[1:]), device=z.device, dtype=z.dtype)
+    for s in range(0, b, items):
+        chunk = z[s : s + items]
+        gen = generator if isinstance(generator, torch.Generator) else generator[s : s + len(chunk)]
+        for start in range(0, n, copies):
+            k = min(copies, n - start)
+            batch = noisy_copies(chunk, k, cfg.sigma, gen, out=buffer)
+            logits = model.logits_from(batch, cfg.representation).view(len(chunk), k, n_classes)
+            votes[s : s + len(chunk), start : start + k] = logits.argmax(dim=-1)
+            probs[s : s + len(chunk)] += logits.float().softmax(dim=-1).sum(dim=1)
+    return votes, probs.div_(n)
+
+
+def count_votes(votes: torch.Tensor, n_classes: int) -> np.ndarray:
+    """``(batch, copies)`` class votes -> ``(batch, n_classes)`` int64 counts (numpy)."""
+    b = votes.shape[0]
+    offsets = torch.arange(b, device=votes.device).unsqueeze(1) * n_classes
+    flat = (votes + offsets).reshape(-1)
+    return torch.bincount(flat, minlength=b * n_classes).view(b, n_classes).cpu().numpy()
 
 
 @torch.no_grad()
@@ -104,45 +175,45 @@ def sample_counts(
     Returns:
         ``(batch, classes)`` int64 counts (and ``(batch, classes)`` float32 mean probabilities).
     """
-    b = z.shape[0]
-    n_classes = len(model.spec.labels)
-    counts = torch.zeros(b, n_classes, dtype=torch.int64, device=z.device)
-    probs = torch.zeros(b, n_classes, dtype=torch.float32, device=z.device)
-    per_item = max(1, cfg.batch_size // max(1, n))
-    for s in range(0, b, per_item):
-        chunk = z[s : s + per_item]
-        remaining = n
-        while remaining > 0:
-            k = min(remaining, max(1, cfg.batch_size // len(chunk)))
-            gen = generator if isinstance(generator, torch.Generator) else generator[s : s + len(chunk)]
-            logits = model.logits_from(noisy_copies(chunk, k, cfg.sigma, gen), cfg.representation)
-            logits = logits.view(len(chunk), k, n_classes)
-            top = logits.argmax(dim=-1)
-            counts[s : s + len(chunk)] += torch.nn.functional.one_hot(top, n_classes).sum(dim=1)
-            if return_mean_probs:
-                probs[s : s + len(chunk)] += logits.float().softmax(dim=-1).sum(dim=1)
-            remaining -= k
-    out = counts.cpu().numpy()
+    votes, probs = sample_votes(model, z, n, cfg, generator)
+    counts = count_votes(votes, len(model.spec.labels))
     if return_mean_probs:
-        return out, (probs / n).cpu().numpy()
-    return out
+        return counts, probs.cpu().numpy()
+    return counts
 
 
 def predict_from_counts(counts: np.ndarray, alpha: float) -> Prediction | Abstain:
     """PREDICT's decision from one item's vote counts ``(classes,)``."""
     order = np.argsort(counts, kind="stable")[::-1]
     c_a, c_b = int(counts[order[0]]), int(counts[order[1]])
-    p_value = float(binomtest(c_a, c_a + c_b, 0.5).pvalue) if c_a + c_b > 0 else 1.0
+    p_value = _two_sided_p_value(c_a, c_a + c_b)
     if p_value > alpha:
         return Abstain(counts=counts, p_value=p_value)
     return Prediction(label=int(order[0]), counts=counts, p_value=p_value)
+
+
+@functools.lru_cache(maxsize=65536)
+def _two_sided_p_value(k: int, n: int) -> float:
+    """Two-sided binomial test of ``k`` successes in ``n`` at ``p = 1/2`` (cached: counts are
+    small integers and scipy's test costs about 0.25 ms a call)."""
+    return float(binomtest(k, n, 0.5).pvalue) if n > 0 else 1.0
 
 
 def lower_confidence_bound(k: int, n: int, alpha: float) -> float:
     """One-sided (1 - alpha) Clopper-Pearson lower bound on a binomial proportion."""
     if k <= 0:
         return 0.0
-    return float(beta.ppf(alpha, k, n - k + 1))
+    return _beta_quantile(float(alpha), int(k), int(n - k + 1))
+
+
+@functools.lru_cache(maxsize=65536)
+def _beta_quantile(q: float, a: int, b: int) -> float:
+    return float(beta.ppf(q, a, b))
+
+
+@functools.lru_cache(maxsize=65536)
+def _normal_quantile(p: float) -> float:
+    return float(norm.ppf(p))
 
 
 def certify_from_counts(
@@ -154,7 +225,8 @@ def certify_from_counts(
     p_lower = lower_confidence_bound(int(estimation[c_a]), n, alpha)
     if p_lower < 0.5:
         return Abstain(counts=estimation, p_lower=p_lower)
-    return Certified(label=c_a, radius=float(sigma * norm.ppf(p_lower)), p_lower=p_lower, counts=estimation)
+    radius = float(sigma * _normal_quantile(p_lower))
+    return Certified(label=c_a, radius=radius, p_lower=p_lower, counts=estimation)
 
 
 def predict(

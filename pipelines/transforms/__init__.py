@@ -3,9 +3,14 @@
 Each transform maps ``(batch, samples)`` float32 waveforms to the same shape, sample-aligned,
 without mutating its input, and offers an identity (BPDA) gradient for adaptive attacks.
 
+A transform spec is ``"name"`` or ``"name:key=value,..."``; its canonical form
+(:func:`normalize_transform_spec`) names every parameter, defaults filled in, sorted, so specs
+that build the same defence are equal strings.
+
 Example:
-    >>> name, params = parse_transform_spec("mp3:bitrate_kbps=24")
-    >>> mp3 = make_transform(name, sample_rate_hz=16000, **params)
+    >>> normalize_transform_spec(" mp3: bitrate_kbps=24 ")
+    'mp3:bitrate_kbps=24,segments=2'
+    >>> mp3 = transform_from_spec("mp3:bitrate_kbps=24", sample_rate_hz=16000)
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from avsentry.pipelines.transforms._codec import codec_executor
 from avsentry.pipelines.transforms.aac import AacRoundTrip
-from avsentry.pipelines.transforms.base import BaseTransform, Transform
+from avsentry.pipelines.transforms.base import BaseTransform, SegmentedTransform, Transform
 from avsentry.pipelines.transforms.lowpass import LowPass
 from avsentry.pipelines.transforms.mel_inversion import MelInversion
 from avsentry.pipelines.transforms.mp3 import Mp3RoundTrip
@@ -34,9 +40,14 @@ __all__ = [
     "OpusRoundTrip",
     "Quantize",
     "ResampleRoundTrip",
+    "SegmentedTransform",
     "Transform",
+    "codec_executor",
     "make_transform",
+    "normalize_transform_spec",
     "parse_transform_spec",
+    "transform_defaults",
+    "transform_from_spec",
     "transform_params",
 ]
 
@@ -76,6 +87,59 @@ def transform_params(name: str) -> tuple[str, ...]:
     )
 
 
+def transform_defaults(name: str) -> dict[str, ParamValue]:
+    """Each parameter of :func:`transform_params` with its default value.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`TRANSFORM_NAMES`.
+    """
+    cls = _lookup(name)
+    fields = {field.name: field for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    defaults: dict[str, ParamValue] = {}
+    for param in transform_params(name):
+        field = fields[param]
+        if field.default is not dataclasses.MISSING:
+            defaults[param] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[param] = field.default_factory()
+    return defaults
+
+
+def normalize_transform_spec(spec: str) -> str:
+    """The canonical form of a transform spec: every parameter named, unset ones at their
+    defaults, typed like their defaults (``cutoff_hz=3000`` -> ``cutoff_hz=3000.0``), sorted.
+
+    Specs with equal canonical forms build equal transforms. Values are vetted here only for
+    their type; their ranges depend on the sample rate and are checked when the transform is
+    built (:func:`transform_from_spec`).
+
+    Args:
+        spec: For example ``"mp3"``, ``" mp3: bitrate_kbps=32 "`` or ``"lowpass:cutoff_hz=3e3"``.
+
+    Returns:
+        For example ``"mp3:bitrate_kbps=32,segments=2"``.
+
+    Raises:
+        ValueError: Malformed spec, unknown transform or parameter, or a value of the wrong type.
+    """
+    name, params = parse_transform_spec(spec)
+    _check_known(name, params)
+    merged = transform_defaults(name)
+    for key, value in params.items():
+        merged[key] = _coerce(name, key, value, merged[key])
+    return f"{name}:" + ",".join(f"{key}={_format(merged[key])}" for key in sorted(merged))
+
+
+def transform_from_spec(spec: str, *, sample_rate_hz: int) -> Transform:
+    """Build the transform a spec names, at ``sample_rate_hz``.
+
+    Raises:
+        ValueError: Anything wrong with the spec or its values (never ``TypeError``).
+    """
+    name, params = parse_transform_spec(normalize_transform_spec(spec))
+    return make_transform(name, sample_rate_hz=sample_rate_hz, **params)
+
+
 def make_transform(name: str, *, sample_rate_hz: int, **params: ParamValue) -> Transform:
     """Build a transform by name.
 
@@ -92,13 +156,11 @@ def make_transform(name: str, *, sample_rate_hz: int, **params: ParamValue) -> T
         ValueError: Unknown name, unknown parameter, or a value the transform rejects.
     """
     cls = _lookup(name)
-    known = transform_params(name)
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(
-            f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known) or '(none)'}"
-        )
-    return cls(sample_rate_hz=sample_rate_hz, **params)  # type: ignore[call-arg]
+    _check_known(name, params)
+    try:
+        return cls(sample_rate_hz=sample_rate_hz, **params)  # type: ignore[call-arg]
+    except TypeError as error:  # a value of a type the checks did not foresee
+        raise ValueError(f"{name}: {error}") from error
 
 
 def parse_transform_spec(spec: str) -> tuple[str, dict[str, ParamValue]]:
@@ -147,6 +209,43 @@ def _parse_value(text: str) -> ParamValue:
         except ValueError:
             pass
     return text
+
+
+def _check_known(name: str, params: dict[str, ParamValue]) -> None:
+    known = transform_params(name)
+    if "sample_rate_hz" in params:
+        raise ValueError(
+            f"{name}: sample_rate_hz is not a transform parameter (the model's rate is used); "
+            f"known: {', '.join(known) or '(none)'}"
+        )
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(
+            f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known) or '(none)'}"
+        )
+
+
+def _coerce(name: str, key: str, value: ParamValue, default: ParamValue) -> ParamValue:
+    """``value`` as the type of ``default``: ints are accepted for floats, nothing else mixes."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name}: {key} must be true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{name}: {key} must be an integer, got {value!r}")
+    if isinstance(default, float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{name}: {key} must be a number, got {value!r}")
+    return str(value)
+
+
+def _format(value: ParamValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _lookup(name: str) -> type[BaseTransform]:

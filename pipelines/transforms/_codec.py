@@ -14,7 +14,13 @@ into ``skip_samples`` that the decoder drops:
 - Opus: the Ogg ``pre-skip`` header field (RFC 7845, section 4.2); the decoder runs at 48 kHz and
   the result is resampled back with a linear-phase polyphase filter, its delay removed.
 
-Batches run clip by clip on a thread pool: PyAV releases the GIL inside
+The defence is segment-wise: a clip is split into ``segments`` equal parts, each part is round
+tripped on its own as above, and the parts are concatenated. The output for a part depends only
+on that part's samples, so with a 1 s window, 2 segments and a 0.5 s hop each stretch of a stream
+is encoded once, not twice (the detector reuses the part two windows share, see
+:class:`~avsentry.pipelines.transforms.base.SegmentedTransform`), and no future audio is needed.
+
+Parts run on one process-wide thread pool (:func:`codec_executor`): PyAV releases the GIL inside
 ``avcodec_send_frame``/``avcodec_receive_packet`` and their decoding twins, so threads scale.
 """
 
@@ -24,6 +30,7 @@ import dataclasses
 import io
 import math
 import os
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -38,6 +45,30 @@ from avsentry.pipelines.transforms.base import BaseTransform, check_int
 
 # Divisors that map a decoded sample format to [-1, 1] floats.
 _INTEGER_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0}
+
+_THREAD_PREFIX = "avsentry-codec"
+_EXECUTOR: ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def codec_executor() -> ThreadPoolExecutor:
+    """The process-wide thread pool for codec work, one thread per CPU, created on first use.
+
+    Every codec transform and every detector share it (a detector can be given another), so the
+    number of encoder threads stays bounded however many streams, batches and transforms run.
+    """
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix=_THREAD_PREFIX)
+        return _EXECUTOR
+
+
+def split_bounds(samples: int, segments: int) -> tuple[tuple[int, int], ...]:
+    """``segments`` contiguous ``(start, stop)`` ranges covering ``range(samples)``, as equal as
+    integers allow: part ``k`` is ``[k * samples // segments, (k + 1) * samples // segments)``."""
+    edges = [k * samples // segments for k in range(segments + 1)]
+    return tuple(zip(edges[:-1], edges[1:], strict=True))
 
 
 def encode(
@@ -164,15 +195,20 @@ def round_trip(
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=True, eq=True)
 class CodecRoundTrip(BaseTransform):
-    """Base for lossy-codec defences: encode and decode each clip at a low bit rate.
+    """Base for lossy-codec defences: encode and decode each part of each clip at a low bit rate.
 
-    Subclasses set :attr:`name`, :attr:`codec`, :attr:`container_format` and the bit-rate bounds,
-    and redeclare ``bitrate_kbps`` with their default.
+    A clip is split into ``segments`` equal parts (:func:`split_bounds`), each round tripped as a
+    clip of its own (:func:`round_trip`), and the outputs are concatenated; so it is the same
+    defence for any hop and for isolated windows. Subclasses set :attr:`name`, :attr:`codec`,
+    :attr:`container_format` and the bit-rate bounds, and redeclare ``bitrate_kbps`` with their
+    default. Construction round trips a short silent clip, so settings the encoder refuses fail
+    here, as a ``ValueError``.
 
     Attributes:
         sample_rate_hz: Input rate in Hz; the encoder must accept it natively.
         bitrate_kbps: Target bit rate in kbit/s.
-        workers: Clips encoded in parallel (threads). Defaults to ``os.cpu_count()``.
+        segments: Parts each clip is cut into, in [1, 8]. Default 2 (0.5 s parts of a 1 s window,
+            so a 0.5 s hop encodes every sample once).
     """
 
     codec: ClassVar[str]
@@ -180,10 +216,11 @@ class CodecRoundTrip(BaseTransform):
     encoder_options: ClassVar[Mapping[str, str]] = MappingProxyType({})
     min_bitrate_kbps: ClassVar[int] = 8
     max_bitrate_kbps: ClassVar[int] = 320
+    max_segments: ClassVar[int] = 8
 
     sample_rate_hz: int = 16000
     bitrate_kbps: int = 32
-    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1, compare=False)
+    segments: int = 2
 
     def __post_init__(self) -> None:
         check_int(self.name, "sample_rate_hz", self.sample_rate_hz, low=1)
@@ -194,7 +231,7 @@ class CodecRoundTrip(BaseTransform):
             low=self.min_bitrate_kbps,
             high=self.max_bitrate_kbps,
         )
-        check_int(self.name, "workers", self.workers, low=1)
+        check_int(self.name, "segments", self.segments, low=1, high=self.max_segments)
         try:
             rates = av.Codec(self.codec, "w").audio_rates
         except av.codec.codec.UnknownCodecError as error:
@@ -205,16 +242,23 @@ class CodecRoundTrip(BaseTransform):
                 f"got {self.sample_rate_hz}"
             )
         try:  # let the encoder itself vet the settings once, here rather than mid-stream
-            self._round_trip(np.zeros(self.sample_rate_hz // 10, dtype=np.float32))
+            self.apply_segment(np.zeros(self.sample_rate_hz // 10, dtype=np.float32))
         except av.FFmpegError as error:
             raise ValueError(
                 f"{self.name}: {self.codec} refused sample_rate_hz={self.sample_rate_hz}, "
                 f"bitrate_kbps={self.bitrate_kbps}: {error}"
             ) from error
 
-    def _round_trip(self, clip: np.ndarray) -> np.ndarray:
+    def segment_bounds(self, samples: int) -> tuple[tuple[int, int], ...]:
+        """The parts of a ``samples``-long clip: ``segments`` equal ranges (:func:`split_bounds`)."""
+        return split_bounds(samples, self.segments)
+
+    def apply_segment(self, segment: np.ndarray) -> np.ndarray:
+        """Round trip one part, ``(samples,)`` float32 -> ``(samples,)`` float32, aligned."""
+        if segment.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
         return round_trip(
-            clip,
+            segment,
             codec=self.codec,
             container_format=self.container_format,
             sample_rate_hz=self.sample_rate_hz,
@@ -223,10 +267,11 @@ class CodecRoundTrip(BaseTransform):
         )
 
     def _apply(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        workers = min(self.workers, batch.shape[0])
-        if workers == 1:
-            clips = [self._round_trip(clip) for clip in batch]
+        bounds = self.segment_bounds(batch.shape[1])
+        parts = [clip[start:stop] for clip in batch for start, stop in bounds]
+        if len(parts) == 1 or threading.current_thread().name.startswith(_THREAD_PREFIX):
+            # one part, or already on the pool: waiting for the pool from inside it could deadlock
+            outs = [self.apply_segment(part) for part in parts]
         else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                clips = list(pool.map(self._round_trip, batch))
-        return np.stack(clips)
+            outs = list(codec_executor().map(self.apply_segment, parts))
+        return np.concatenate(outs).reshape(batch.shape)

@@ -18,13 +18,14 @@ from avsentry.pipelines.transforms._codec import CodecRoundTrip
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class AacRoundTrip(CodecRoundTrip):
-    """Encode each clip to AAC-LC with FFmpeg's native ``aac`` encoder and decode it back.
+    """Encode each part of each clip to AAC-LC with FFmpeg's native ``aac`` encoder and decode it back.
 
     Attributes:
         sample_rate_hz: Input rate in Hz, one of the AAC rates (7350 to 96000; 16000 by default).
         bitrate_kbps: Target bit rate in kbit/s, in [8, 256]. Default 32. The encoder caps it at
             6144 bits per 1024-sample frame (96 kbit/s at 16 kHz).
-        workers: Clips encoded in parallel (threads). Defaults to ``os.cpu_count()``.
+        segments: Parts each clip is cut into and round tripped on its own, in [1, 8].
+            Default 2 (see :class:`~._codec.CodecRoundTrip`).
 
     Example:
         >>> aac = AacRoundTrip(sample_rate_hz=16000, bitrate_kbps=32)

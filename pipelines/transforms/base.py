@@ -4,6 +4,11 @@ A transform maps a batch of waveforms to a batch of the same shape, sample-align
 input, and never mutates the input. For adaptive attacks each transform also offers a gradient
 estimate; the default is the identity (BPDA, Athalye et al., ICML 2018): the forward pass runs
 the real transform, the backward pass treats it as ``x -> x``.
+
+A deterministic transform whose output on a clip is the concatenation of its outputs on fixed,
+clip-relative parts of it, each depending only on that part's samples, is a
+:class:`SegmentedTransform`; the detector then runs the parts on a shared thread pool and reuses a
+part that overlapping windows of one stream share.
 """
 
 from __future__ import annotations
@@ -41,6 +46,28 @@ class Transform(Protocol):
 
     def differentiable(self, batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Forward = :meth:`apply`; backward = this transform's gradient estimate."""
+        ...
+
+
+@runtime_checkable
+class SegmentedTransform(Transform, Protocol):
+    """A deterministic transform applied part by part.
+
+    ``apply`` on a clip of ``samples`` samples equals, for every clip, the concatenation of
+    ``apply_segment(clip[start:stop])`` over ``segment_bounds(samples)``; each part's output is a
+    function of that part's samples alone, so equal parts give equal outputs wherever they sit.
+    """
+
+    def segment_bounds(self, samples: int) -> tuple[tuple[int, int], ...]:
+        """The ``(start, stop)`` sample ranges of the parts of a ``samples``-long clip, in order,
+        covering it without overlap (some may be empty when ``samples`` is tiny)."""
+        ...
+
+    def apply_segment(self, segment: np.ndarray) -> np.ndarray:
+        """Transform one part: ``(samples,)`` float32, finite -> ``(samples,)`` float32, aligned.
+
+        Safe to call from several threads at once.
+        """
         ...
 
 
@@ -99,6 +126,24 @@ class BaseTransform:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sample_rate_hz={self.sample_rate_hz})"
+
+    def _self_test(self, seconds: float = 0.05) -> None:
+        """Run the transform once on a short clip (silence, then a full-scale sweep) so that
+        parameters it cannot work with fail here, as a ``ValueError``, not later on every window.
+
+        Raises:
+            ValueError: The transform raised or returned non-finite samples.
+        """
+        samples = max(1, round(seconds * self.sample_rate_hz))
+        t = np.arange(samples) / self.sample_rate_hz
+        sweep = np.sin(2 * np.pi * (50.0 + 0.2 * self.sample_rate_hz * t / (2 * seconds)) * t)
+        probe = np.stack([np.zeros(samples), 0.9 * sweep]).astype(np.float32)
+        try:
+            out = self.apply(probe, np.random.default_rng(0))
+        except Exception as error:  # whatever the library raised, reported as a bad parameter
+            raise ValueError(f"{self.name}: cannot run with {self!r}: {error}") from error
+        if not np.all(np.isfinite(out)):
+            raise ValueError(f"{self.name}: {self!r} gives non-finite samples")
 
 
 def check_int(owner: str, field: str, value: object, *, low: int, high: int | None = None) -> None:

@@ -15,6 +15,8 @@ import scipy.signal
 
 from avsentry.pipelines.transforms.base import BaseTransform, check_float, check_int
 
+MIN_CUTOFF_HZ = 20.0  # below the audio band: a lower cutoff would leave nothing to recognize
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class LowPass(BaseTransform):
@@ -25,7 +27,7 @@ class LowPass(BaseTransform):
 
     Attributes:
         sample_rate_hz: Input rate in Hz. Default 16000.
-        cutoff_hz: Cutoff frequency in Hz, in (0, sample_rate_hz / 2). Default 4000.
+        cutoff_hz: Cutoff frequency in Hz, in [20, sample_rate_hz / 2). Default 4000.
         order: Order of the Butterworth prototype, in [1, 16]. Default 8.
     """
 
@@ -34,16 +36,25 @@ class LowPass(BaseTransform):
     sample_rate_hz: int = 16000
     cutoff_hz: float = 4000.0
     order: int = 8
+    _sos: np.ndarray = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_int(self.name, "sample_rate_hz", self.sample_rate_hz, low=1)
-        check_float(self.name, "cutoff_hz", self.cutoff_hz, low=0.0, high=self.sample_rate_hz / 2)
+        nyquist_hz = self.sample_rate_hz / 2
+        check_float(self.name, "cutoff_hz", self.cutoff_hz, low=0.0, high=nyquist_hz)
+        if self.cutoff_hz < MIN_CUTOFF_HZ:
+            raise ValueError(
+                f"{self.name}: cutoff_hz must be in [{MIN_CUTOFF_HZ:g}, {nyquist_hz:g}), got {self.cutoff_hz}"
+            )
         check_int(self.name, "order", self.order, low=1, high=16)
+        sos = scipy.signal.butter(
+            self.order, float(self.cutoff_hz), btype="lowpass", fs=self.sample_rate_hz, output="sos"
+        )
+        object.__setattr__(self, "_sos", sos)
+        self._self_test()
 
     def _apply(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        sos = scipy.signal.butter(
-            self.order, self.cutoff_hz, btype="lowpass", fs=self.sample_rate_hz, output="sos"
-        )
+        sos = self._sos
         # Odd extension of 3 * (2 * sections + 1) samples, sosfiltfilt's default for
         # second-order sections; a shorter clip extends by as much as it has.
         padlen = min(3 * (2 * len(sos) + 1), batch.shape[1] - 1)

@@ -39,10 +39,12 @@ class MelInversion(BaseTransform):
         sample_rate_hz: Input rate in Hz. Default 16000.
         n_fft: STFT size (and Hann window length) in samples, in [16, 8192]. Default 512
             (32 ms at 16 kHz).
-        hop_length: STFT hop in samples, in [1, n_fft // 2]. Default 128 (8 ms at 16 kHz).
+        hop_length: STFT hop in samples, in [max(1, n_fft // 16), n_fft // 2]. Default 128
+            (8 ms at 16 kHz).
         n_mels: Mel bands from 0 Hz to Nyquist, in [1, n_fft // 2 + 1], and every band must
             cover at least one STFT bin. Default 80.
-        n_iter: Griffin-Lim iterations, in [1, 1000]. Default 32.
+        n_iter: Griffin-Lim iterations, in [1, 256]. Default 32 (each costs an STFT and an
+            inverse STFT of the clip).
     """
 
     name = "mel_inversion"
@@ -58,9 +60,10 @@ class MelInversion(BaseTransform):
     def __post_init__(self) -> None:
         check_int(self.name, "sample_rate_hz", self.sample_rate_hz, low=1)
         check_int(self.name, "n_fft", self.n_fft, low=16, high=8192)
-        check_int(self.name, "hop_length", self.hop_length, low=1, high=self.n_fft // 2)
+        shortest_hop = max(1, self.n_fft // 16)
+        check_int(self.name, "hop_length", self.hop_length, low=shortest_hop, high=self.n_fft // 2)
         check_int(self.name, "n_mels", self.n_mels, low=1, high=self.n_fft // 2 + 1)
-        check_int(self.name, "n_iter", self.n_iter, low=1, high=1000)
+        check_int(self.name, "n_iter", self.n_iter, low=1, high=256)
         with warnings.catch_warnings():
             # torchaudio warns about empty bands; they are reported below as a ValueError.
             warnings.simplefilter("ignore", UserWarning)
@@ -81,6 +84,7 @@ class MelInversion(BaseTransform):
         # computes per call, here factored once: (n_fft // 2 + 1, n_mels).
         object.__setattr__(self, "_mel", mel)
         object.__setattr__(self, "_inverse_filterbank", torch.linalg.pinv(filterbank.T))
+        self._self_test()
 
     def _apply(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         samples = batch.shape[1]

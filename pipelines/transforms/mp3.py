@@ -18,14 +18,15 @@ from avsentry.pipelines.transforms._codec import CodecRoundTrip
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Mp3RoundTrip(CodecRoundTrip):
-    """Encode each clip to MP3 with ``libmp3lame`` (constant bit rate) and decode it back.
+    """Encode each part of each clip to MP3 with ``libmp3lame`` (constant bit rate) and decode it back.
 
     Attributes:
         sample_rate_hz: Input rate in Hz: 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100
             or 48000. Default 16000.
         bitrate_kbps: Constant bit rate in kbit/s, in [8, 320]. Default 32. LAME rounds it to the
             nearest rate the MPEG version allows (MPEG-2, used below 32 kHz, stops at 160).
-        workers: Clips encoded in parallel (threads). Defaults to ``os.cpu_count()``.
+        segments: Parts each clip is cut into and round tripped on its own, in [1, 8].
+            Default 2 (see :class:`~._codec.CodecRoundTrip`).
 
     Example:
         >>> mp3 = Mp3RoundTrip(sample_rate_hz=16000, bitrate_kbps=32)

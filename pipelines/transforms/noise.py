@@ -23,9 +23,9 @@ class GaussianNoise(BaseTransform):
 
     Attributes:
         sample_rate_hz: Input rate in Hz (unused by the maths). Default 16000.
-        snr_db: Signal-to-noise ratio of the added noise, in dB. Default 10.
-        floor: Smallest noise standard deviation (keeps digital silence from staying exact).
-            Default 1e-4 (-80 dBFS).
+        snr_db: Signal-to-noise ratio of the added noise, in dB, in [-20, 80]. Default 10.
+        floor: Smallest noise standard deviation (keeps digital silence from staying exact),
+            in [0, 1]. Default 1e-4 (-80 dBFS).
     """
 
     name = "noise"
@@ -39,6 +39,7 @@ class GaussianNoise(BaseTransform):
         check_int(self.name, "sample_rate_hz", self.sample_rate_hz, low=1)
         check_float(self.name, "snr_db", self.snr_db, low=-20.0, high=80.0, open_ends=False)
         check_float(self.name, "floor", self.floor, low=0.0, high=1.0, open_ends=False)
+        self._self_test()
 
     def _apply(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         rms = np.sqrt(np.mean(np.square(batch, dtype=np.float64), axis=1, keepdims=True))

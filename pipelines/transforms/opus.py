@@ -20,7 +20,7 @@ from avsentry.pipelines.transforms._codec import CodecRoundTrip
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class OpusRoundTrip(CodecRoundTrip):
-    """Encode each clip to Opus with ``libopus`` and decode it back.
+    """Encode each part of each clip to Opus with ``libopus`` and decode it back.
 
     Aligned to within a fraction of a sample at 12, 16, 24 and 48 kHz. At 8 kHz the output is
     one sample late: libopus's narrowband path delays one sample more than the look-ahead it
@@ -29,7 +29,8 @@ class OpusRoundTrip(CodecRoundTrip):
     Attributes:
         sample_rate_hz: Input rate in Hz: 8000, 12000, 16000, 24000 or 48000. Default 16000.
         bitrate_kbps: Target bit rate in kbit/s, in [6, 256]. Default 16.
-        workers: Clips encoded in parallel (threads). Defaults to ``os.cpu_count()``.
+        segments: Parts each clip is cut into and round tripped on its own, in [1, 8].
+            Default 2 (see :class:`~._codec.CodecRoundTrip`).
 
     Example:
         >>> opus = OpusRoundTrip(sample_rate_hz=16000, bitrate_kbps=16)

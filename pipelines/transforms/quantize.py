@@ -35,6 +35,7 @@ class Quantize(BaseTransform):
     def __post_init__(self) -> None:
         check_int(self.name, "sample_rate_hz", self.sample_rate_hz, low=1)
         check_int(self.name, "bits", self.bits, low=2, high=16)
+        self._self_test()
 
     @property
     def step(self) -> float:

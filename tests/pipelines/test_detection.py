@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
-from avsentry.pipelines.detection import Detector, DetectorConfig, calibrate_threshold, verdict_to_dict
+from avsentry.pipelines.detection import (
+    Detector,
+    DetectorConfig,
+    StreamState,
+    calibrate_threshold,
+    verdict_to_dict,
+)
 from avsentry.pipelines.recognizers import read_manifest
 from avsentry.pipelines.smoothing import SmoothingConfig
+from avsentry.pipelines.transforms import parse_transform_spec
+from avsentry.pipelines.types import ModelSpec
+from avsentry.pipelines.windowing import frame
 from avsentry.tools import synth
 from avsentry.tools.attacks import PGD
 
@@ -89,7 +100,8 @@ def test_verdict_json_view_has_every_field(detector, heldout_speech) -> None:
     (v,) = detector.analyze(heldout_speech["x"][:1])
     d = verdict_to_dict(v, synth.LABELS)
     assert set(d) == {"raw", "transforms", "smoothed", "score", "flagged", "reasons"}
-    assert [t["name"] for t in d["transforms"]] == [*detector.config.transforms, "smoothing"]
+    names = [parse_transform_spec(spec)[0] for spec in detector.config.transforms]
+    assert [t["name"] for t in d["transforms"]] == [*names, "smoothing"]
     assert {"label", "abstain", "radius", "p_value", "counts"} <= set(d["smoothed"])
     assert sum(d["smoothed"]["counts"].values()) == detector.config.smoothing.n
 
@@ -107,10 +119,190 @@ def test_config_from_card_tracks_calibration() -> None:
     _, same = DetectorConfig.from_card(card, seed=3)
     assert same
     cfg, other = DetectorConfig.from_card(card, transforms=["mp3"])
-    assert not other and cfg.transforms == ("mp3",) and cfg.threshold == card["threshold"]
+    assert not other and cfg.transforms == ("mp3:bitrate_kbps=32,segments=2",)
+    assert cfg.threshold == card["threshold"]
     cfg, _ = DetectorConfig.from_card(card, smoothing=False)
     assert cfg.smoothing is None
     with pytest.raises(ValueError, match="n0"):
         DetectorConfig(smoothing=SmoothingConfig(n=8, n0=8))
     with pytest.raises(ValueError):
         DetectorConfig(transforms=("no-such-transform:x=1",))
+
+
+def test_equal_defences_have_equal_configs() -> None:
+    """Specs are stored in canonical form, so a config keyed cache sees one defence once."""
+    a = DetectorConfig(transforms=("mp3", " opus", "aac:bitrate_kbps=32 ", "noise"))
+    b = DetectorConfig(
+        transforms=["mp3:segments=2,bitrate_kbps=32", "opus:bitrate_kbps=16", "aac", "noise:snr_db=10"]
+    )
+    assert a == b and hash(a) == hash(b) and repr(a) == repr(b)
+    assert a.fingerprint()["transforms"] == list(a.transforms)
+    assert DetectorConfig(transforms=("mp3:bitrate_kbps=24",)) != DetectorConfig(transforms=("mp3",))
+    with pytest.raises(ValueError, match="sample_rate_hz is not a transform parameter"):
+        DetectorConfig(transforms=("mp3:sample_rate_hz=8000",))
+    with pytest.raises(ValueError, match="sequence of specs"):
+        DetectorConfig(transforms="mp3")  # type: ignore[arg-type]
+
+
+def test_a_card_with_plain_transform_names_counts_as_calibrated() -> None:
+    """Cards store the specs as written at calibration (older ones as bare names): both sides
+    are normalized before comparing."""
+    card = read_manifest("digits").extra["detector"]
+
+    def with_specs(*specs: str) -> dict:
+        return {**card, "config": {**card["config"], "transforms": list(specs)}}
+
+    cfg, calibrated = DetectorConfig.from_card(with_specs("mp3", "opus", "aac", "noise"))
+    assert calibrated and cfg == DetectorConfig.from_card(card)[0]
+    default = ["mp3", "opus", "aac", "noise"]
+    spelled = with_specs(" mp3:bitrate_kbps=32", "opus:segments=2", "aac", "noise")
+    assert DetectorConfig.from_card(spelled, transforms=default)[1]
+    other = with_specs("mp3:bitrate_kbps=64", "opus", "aac", "noise")
+    assert not DetectorConfig.from_card(other, transforms=default)[1]
+    assert not DetectorConfig.from_card(with_specs("flac"), transforms=default)[1]
+
+
+@pytest.fixture(scope="module")
+def stream_windows(heldout_speech) -> tuple[np.ndarray, np.ndarray]:
+    """Eight windows at a 0.5 s hop over 4.5 s of held-out digits and pauses, and their starts."""
+    pause = np.zeros(2000, np.float32)
+    parts = [p for k in (4, 12, 28, 36, 8, 20, 32) for p in (heldout_speech["clips"][k], pause)]
+    audio = np.concatenate(parts).astype(np.float32)
+    assert len(audio) >= 16000 * 9 // 2
+    windows, starts = frame(audio[: 16000 * 9 // 2], window=16000, hop=8000)
+    return windows[:8], starts[:8]
+
+
+class _Recording:
+    """A recognizer proxy that keeps what went into ``predict``."""
+
+    def __init__(self, recognizer) -> None:
+        self._recognizer = recognizer
+        self.inputs: list[np.ndarray] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._recognizer, name)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.inputs.append(np.array(batch))
+        return self._recognizer.predict(batch)
+
+
+def test_reused_segments_give_the_copies_of_fresh_windows(model_torch, stream_windows) -> None:
+    """Windows of a stream analyzed in batches with a StreamState (shared halves encoded once,
+    within a batch and across batches) get exactly the codec copies they get alone, so the same
+    verdicts (up to float rounding of the batched forward pass)."""
+    windows, starts = stream_windows
+    rec = _Recording(model_torch)
+    detector = Detector(rec, DetectorConfig(transforms=("mp3", "opus", "aac"), smoothing=None))
+    fresh, fresh_copies = [], []
+    for w, k in zip(windows, starts, strict=True):
+        fresh += detector.analyze(w[np.newaxis], keys=[k])
+        fresh_copies.append(rec.inputs[-1])  # (3 codecs, samples)
+    state = detector.stream_state()
+    reused = []
+    for s in range(0, len(windows), 3):
+        rows = slice(s, s + 3)
+        n = len(windows[rows])
+        reused += detector.analyze(
+            windows[rows], keys=starts[rows].tolist(), starts=starts[rows].tolist(), states=[state] * n
+        )
+        copies = rec.inputs[-1].reshape(3, n, -1)  # (codec, window, samples)
+        for i in range(n):
+            np.testing.assert_array_equal(copies[:, i], fresh_copies[s + i])
+    for a, b in zip(fresh, reused, strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+        assert [o.label for o in a.defended] == [o.label for o in b.defended]
+    # 8 windows x 2 halves x 3 codecs = 48 parts; 7 x 3 are shared by two windows: 5 x 3 inside
+    # a batch (round tripped once, never looked up in the state) and 2 x 3 across batch edges
+    # (found in the state).
+    assert state.hits == 6
+    assert state.misses == 48 - 21
+    assert len(state) <= 3 * 3  # only what a later window can still use
+
+
+def test_cached_and_fresh_segments_give_identical_verdicts(detector, stream_windows) -> None:
+    """The same batch, once with every part encoded afresh and once with its parts from a
+    warm StreamState: bit-identical verdicts."""
+    windows, starts = stream_windows
+    batch, keys = windows[4:6], starts[4:6].tolist()
+    fresh = detector.analyze(batch, keys=keys)
+    state = detector.stream_state()
+    detector.analyze(batch, keys=keys, starts=keys, states=[state, state])
+    before = state.hits
+    cached = detector.analyze(batch, keys=keys, starts=keys, states=[state, state])
+    assert state.hits - before == 3 * 3  # the three distinct halves of both windows, per codec
+    assert [v.score for v in cached] == [v.score for v in fresh]
+    assert [v.defended for v in cached] == [v.defended for v in fresh]
+
+
+def test_batches_of_one_stream_can_run_at_once(detector, stream_windows) -> None:
+    windows, starts = stream_windows
+    expected = [v.score for v in detector.analyze(windows, keys=starts.tolist())]
+    state = detector.stream_state()
+    got: dict[int, list[float]] = {}
+
+    def run(half: int) -> None:
+        rows = slice(4 * half, 4 * half + 4)
+        verdicts = detector.analyze(
+            windows[rows], keys=starts[rows].tolist(), starts=starts[rows].tolist(), states=[state] * 4
+        )
+        got[half] = [v.score for v in verdicts]
+
+    threads = [threading.Thread(target=run, args=(h,)) for h in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got[0] + got[1] == expected
+
+
+def test_stream_state_memory_stays_bounded(detector, stream_windows) -> None:
+    """A long stream keeps only the parts later windows may still need: the halves of the last
+    window and the one before it."""
+    windows, _ = stream_windows
+    audio = np.tile(np.concatenate(windows[::2]), 3)  # 12 s, continuous
+    long_windows, starts = frame(audio, window=16000, hop=8000)
+    mp3_only = Detector(detector.recognizer, DetectorConfig(transforms=("mp3",), smoothing=None))
+    state = mp3_only.stream_state()
+    for window, start in zip(long_windows, starts, strict=True):
+        mp3_only.analyze(window[np.newaxis], starts=[start], states=[state])
+        assert len(state) <= 3
+    assert state.hits == len(long_windows) - 1  # every first half but the very first
+    with pytest.raises(ValueError, match="another detector"):
+        detector.analyze(windows[:1], starts=[0], states=[state])
+    with pytest.raises(ValueError, match="starts"):
+        mp3_only.analyze(windows[:1], states=[state])
+    assert isinstance(state, StreamState)
+
+
+class _NanRecognizer:
+    """Returns NaN probabilities for windows whose first sample is positive."""
+
+    spec = ModelSpec(name="nan", labels=("a", "b"), sample_rate_hz=16000, window_samples=16000)
+    representations = ("waveform",)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        out = np.tile(np.array([0.9, 0.1], np.float32), (len(batch), 1))
+        out[batch[:, 0] > 0] = np.nan
+        return out
+
+
+@pytest.mark.parametrize("threshold", [None, 0.5])
+def test_non_finite_scores_are_always_flagged(threshold) -> None:
+    detector = Detector(
+        _NanRecognizer(),  # type: ignore[arg-type]
+        DetectorConfig(transforms=("quantize",), smoothing=None, threshold=threshold),
+    )
+    x = np.zeros((2, 16000), np.float32)
+    x[1, 0] = 0.5
+    ok, bad = detector.analyze(x)
+    assert not ok.flagged and ok.score == 0.0
+    assert bad.flagged and not np.isfinite(bad.score)
+    assert bad.reasons[0] == "non-finite score"
+    # the same whichever defended output is NaN first
+    raw = np.array([0.9, 0.1], np.float32)
+    for order in ([raw, np.full(2, np.nan)], [np.full(2, np.nan), raw]):
+        defended = [(f"t{j}", p[np.newaxis]) for j, p in enumerate(order)]
+        v = detector._verdict(0, raw, defended, None, None)
+        assert v.flagged and np.isnan(v.score) and v.reasons[0] == "non-finite score"

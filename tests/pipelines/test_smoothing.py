@@ -144,3 +144,50 @@ def test_config_validation() -> None:
         SmoothingConfig(alpha=1.5)
     with pytest.raises(ValueError, match="n and n0"):
         SmoothingConfig(n=0)
+
+
+def test_votes_count_like_bincount_and_ignore_the_forward_batch_size() -> None:
+    """With one generator per item, an item's n copies are one draw: the votes do not depend on
+    how many copies go through the model at once (when n <= batch_size)."""
+    model = ThresholdClassifier(c=0.1)
+    z = torch.zeros(5, 4)
+    runs = []
+    for batch_size in (16, 40, 4096):
+        cfg = SmoothingConfig(sigma=1.0, representation="waveform", n=16, batch_size=batch_size)
+        gens = [torch.Generator().manual_seed(s) for s in range(5)]
+        votes, probs = smoothing.sample_votes(model, z, 16, cfg, gens)
+        assert votes.shape == (5, 16) and probs.shape == (5, 3)
+        runs.append(votes)
+        counts = smoothing.count_votes(votes, 3)
+        expect = np.stack([np.bincount(v, minlength=3) for v in votes.numpy()])
+        np.testing.assert_array_equal(counts, expect)
+        np.testing.assert_array_equal(smoothing.count_votes(votes[:, 4:], 3).sum(axis=1), 12)
+    for other in runs[1:]:
+        torch.testing.assert_close(other, runs[0], rtol=0, atol=0)
+
+
+def test_noisy_copies_fill_a_given_buffer() -> None:
+    z = torch.arange(6.0).view(2, 3)
+    buffer = torch.empty(100)
+    out = smoothing.noisy_copies(z, 4, 0.0, [torch.Generator().manual_seed(s) for s in (1, 2)], out=buffer)
+    assert out.shape == (8, 3) and out.data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(out, z.repeat_interleave(4, dim=0))
+
+
+@pytest.mark.gpu
+def test_smoothing_runs_on_cuda_with_per_item_generators() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    dev = torch.device("cuda")
+    model = ThresholdClassifier(c=0.1)
+    model.device = dev
+    cfg = SmoothingConfig(sigma=1.0, representation="waveform", n=64, batch_size=32)
+    z = torch.zeros(3, 4, device=dev)
+
+    def gens(seeds):
+        return [torch.Generator(device=dev).manual_seed(s) for s in seeds]
+
+    together = smoothing.sample_counts(model, z, 64, cfg, gens((1, 2, 3)))
+    alone = smoothing.sample_counts(model, z[2:], 64, cfg, gens((3,)))
+    np.testing.assert_array_equal(together[2], alone[0])
+    assert (together.sum(axis=1) == 64).all()
