@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-wait-ms",
         type=non_negative_float,
         metavar="MS",
-        help="longest wait to fill a batch (default: 10)",
+        help="once a worker is free, longest wait for more windows to batch with (default: 0; on a GPU a "
+        "few ms can pay)",
     )
     g.add_argument("--workers", type=positive_int, help="batches in flight (default: 2)")
     g.add_argument(
@@ -604,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--torch-threads", type=int, default=None, help="server torch threads (default: serve's, 1)"
     )
     b.add_argument("--max-batch", type=int, default=64, help="windows per batch (default: 64)")
-    b.add_argument("--max-wait-ms", type=float, default=10.0, help="batch fill wait in ms (default: 10)")
+    b.add_argument("--max-wait-ms", type=float, default=0.0, help="server batch fill wait in ms (default: 0)")
     b.add_argument(
         "--p99-ms", type=float, default=250.0, help="latency budget for 'real time' (default: 250)"
     )
@@ -619,6 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the local server's admission limit, share of its measured throughput (default: serve's, 0.85; "
         "0 = admit every stream)",
+    )
+    b.add_argument(
+        "--noise-floor-db",
+        type=float,
+        default=-60.0,
+        help="white noise under the speech, dBFS RMS, as a microphone has (default: -60; -200 or less: "
+        "none, digital silence between words, which flatters the figures)",
     )
     b.add_argument(
         "--target",

@@ -134,7 +134,9 @@ class DetectorConfig:
         transforms = tuple(o.get("transforms", fp.get("transforms", DEFAULT_TRANSFORMS)))  # type: ignore[call-overload]
         cfg = cls(transforms=transforms, smoothing=smoothing, seed=int(o.get("seed", 0)))  # type: ignore[call-overload]
         threshold = o.get("threshold", detector.get("threshold"))
-        calibrated = "threshold" not in o and bool(fp) and cfg.fingerprint() == _normalized(fp)
+        # literal comparison: the card stores canonical specs; a spec missing a parameter added
+        # since (whose default may differ from what was calibrated) does not count as calibrated
+        calibrated = "threshold" not in o and bool(fp) and cfg.fingerprint() == fp
         cfg = cls(
             transforms=cfg.transforms,
             smoothing=cfg.smoothing,
@@ -159,16 +161,6 @@ class DetectorConfig:
                 "alpha": s.alpha,
             },
         }
-
-
-def _normalized(fingerprint: dict) -> dict | None:
-    """A stored fingerprint with its transform specs in canonical form (``None`` if they no
-    longer parse: then it matches no config)."""
-    try:
-        specs = [normalize_transform_spec(spec) for spec in fingerprint.get("transforms", [])]
-    except ValueError:
-        return None
-    return {**fingerprint, "transforms": specs}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -586,39 +578,3 @@ def calibrate_threshold(
         how = "" if confidence is None else f" at {confidence:.0%} confidence"
         raise ValueError(f"{m} clean windows are too few for a {target_fpr:.2%} target FPR{how}")
     return float(s[k - 1])
-
-
-def verdict_to_dict(v: WindowVerdict, labels: Sequence[str]) -> dict:
-    """A JSON-ready view of a verdict, labels spelled out."""
-    smoothed: dict = {
-        "label": None,
-        "abstain": v.smoothed is None or isinstance(v.smoothed, Abstain),
-    }
-    if isinstance(v.smoothed, Prediction):
-        smoothed["label"] = labels[v.smoothed.label]
-    if v.smoothed is not None:
-        smoothed["p_value"] = v.smoothed.p_value
-        smoothed["counts"] = {labels[i]: int(c) for i, c in enumerate(v.smoothed.counts) if c}
-    if isinstance(v.certificate, Certified):
-        smoothed["certified_label"] = labels[v.certificate.label]
-        smoothed["radius"] = v.certificate.radius
-        smoothed["p_lower"] = v.certificate.p_lower
-    else:
-        smoothed["certified_label"] = None
-        smoothed["radius"] = 0.0
-    return {
-        "raw": {"label": labels[v.raw_label], "confidence": v.raw_confidence},
-        "transforms": [
-            {
-                "name": o.name,
-                "label": labels[o.label],
-                "confidence": o.confidence,
-                "distance": o.distance,
-            }
-            for o in v.defended
-        ],
-        "smoothed": smoothed,
-        "score": v.score,
-        "flagged": v.flagged,
-        "reasons": list(v.reasons),
-    }

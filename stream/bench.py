@@ -2,8 +2,9 @@
 
 Starts ``avsentry serve`` in a subprocess (its own interpreter, as in production; or uses the
 server at ``--target``), then for each stream count N runs N client streams at once (their starts
-spread over one hop, or all in step with ``--sync``), each sending the bundled clean demo clip
-tiled to ``--seconds`` of audio in 100 ms chunks paced at real time. For every verdict it records the
+spread over one hop, or all in step with ``--sync``), each sending ``--seconds`` of speech (the
+bundled clean clip repeated at random gains and offsets over a microphone-like noise floor, so no
+two windows are alike) in 100 ms chunks paced at real time. For every verdict it records the
 latency from the moment the chunk completing its window was sent to the moment the verdict
 arrived. Prints p50/p95/p99 latency, the real-time factor (wall time from the first chunk to the
 last verdict over audio duration; 1.0 is the floor for paced streams), windows lost (expected -
@@ -53,15 +54,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _audio(seconds: float) -> np.ndarray:
+def _audio(seconds: float, *, seed: int, noise_floor_db: float | None) -> np.ndarray:
+    """One stream's speech: the bundled clean clip repeated at random gains (-6 to 0 dB) and
+    offsets, over white noise ``noise_floor_db`` dBFS (RMS) as a microphone has. Every stream and
+    every repetition differs: exact repeats (or digital silence) would let the detector reuse
+    codec work it cannot reuse on real audio, and flatter the figures (by about 2x)."""
     from avsentry.stream.commands import demo_clips
 
     clip = read_audio(demo_clips()[0], sample_rate_hz=RATE)
-    reps = int(np.ceil(seconds * RATE / len(clip)))
-    return np.tile(clip, reps)[: int(seconds * RATE)]
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    out = np.zeros(n + len(clip), np.float32)
+    pos = int(rng.integers(0, len(clip) // 2))
+    while pos < n:
+        out[pos : pos + len(clip)] += clip * np.float32(10 ** (rng.uniform(-6, 0) / 20))
+        pos += len(clip) + int(rng.integers(0, RATE // 4))
+    out = out[:n]
+    if noise_floor_db is not None:
+        out += np.float32(10 ** (noise_floor_db / 20)) * rng.standard_normal(n).astype(np.float32)
+    return np.clip(out, -1, 1)
 
 
-def _one_stream(target: str, audio: np.ndarray, cfg: dict, result: StreamResult, start_at: float) -> None:
+def _one_stream(
+    client: GuardClient, audio: np.ndarray, cfg: dict, result: StreamResult, start_at: float
+) -> None:
     chunk = RATE * CHUNK_MS // 1000
     sent_at: list[float] = []
 
@@ -78,13 +94,12 @@ def _one_stream(target: str, audio: np.ndarray, cfg: dict, result: StreamResult,
 
     result.expected = len(frame(audio, window=RATE, hop=RATE // 2)[1])
     try:
-        with GuardClient(target) as client:
-            for v in client.stream(chunks(), sample_rate_hz=RATE, **cfg):
-                now = time.perf_counter()
-                last_chunk = min(len(sent_at) - 1, max(0, (min(v.end_sample, len(audio)) - 1) // chunk))
-                result.latencies_ms.append((now - sent_at[last_chunk]) * 1000)
-                result.server_latencies_ms.append(v.latency_ms)
-                result.received += 1
+        for v in client.stream(chunks(), sample_rate_hz=RATE, **cfg):
+            now = time.perf_counter()
+            last_chunk = min(len(sent_at) - 1, max(0, (min(v.end_sample, len(audio)) - 1) // chunk))
+            result.latencies_ms.append((now - sent_at[last_chunk]) * 1000)
+            result.server_latencies_ms.append(v.latency_ms)
+            result.received += 1
         result.wall_s = time.perf_counter() - start_at
     except grpc.RpcError as e:  # counted as lost windows and reported
         result.error = f"{e.code().name}: {e.details()}"
@@ -93,24 +108,27 @@ def _one_stream(target: str, audio: np.ndarray, cfg: dict, result: StreamResult,
         result.error = f"{type(e).__name__}: {e}"
 
 
-def run_level(target: str, n: int, audio: np.ndarray, cfg: dict, *, sync: bool = False) -> dict:
+def run_level(target: str, n: int, audios: list[np.ndarray], cfg: dict, *, sync: bool = False) -> dict:
     """N streams at once. Stream k starts k/N of a hop after the first (arrivals spread over the
     hop, as independent users' are), or all at the same instant with ``sync`` (the worst case:
     every stream completes a window at the same moment)."""
     results = [StreamResult() for _ in range(n)]
     t0 = time.perf_counter() + 0.5
     starts = [t0 if sync else t0 + 0.5 * k / n for k in range(n)]
-    threads = [
-        threading.Thread(target=_one_stream, args=(target, audio, cfg, r, s))
-        for r, s in zip(results, starts, strict=True)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    # one channel (one HTTP/2 connection) for all streams, as a gateway would send them: the load
+    # generator shares the machine with the server and should cost it as little as possible
+    with GuardClient(target) as client:
+        threads = [
+            threading.Thread(target=_one_stream, args=(client, audios[k], cfg, results[k], starts[k]))
+            for k in range(n)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     lat = np.array([x for r in results for x in r.latencies_ms])
     srv = np.array([x for r in results for x in r.server_latencies_ms])
-    audio_s = len(audio) / RATE
+    audio_s = len(audios[0]) / RATE
     out = {
         "streams": n,
         "windows": int(sum(r.received for r in results)),
@@ -173,12 +191,14 @@ def _run_levels(args: argparse.Namespace, target: str, counts: list[int], *, sta
     cfg: dict = {"smoothing_n": args.n}
     if args.transforms is not None:
         cfg["transforms"] = [t for t in args.transforms.split(",") if t] or ["none"]
-    audio = _audio(args.seconds)
+    floor = None if args.noise_floor_db is None or args.noise_floor_db <= -200 else args.noise_floor_db
+    audios = [_audio(args.seconds, seed=k, noise_floor_db=floor) for k in range(max(counts))]
     where = (
         f"a local avsentry serve (workers={args.workers}, max_batch={args.max_batch})" if started else target
     )
     print(
-        f"# avsentry bench stream: {args.seconds:g} s of speech per stream, {CHUNK_MS} ms chunks at real "
+        f"# avsentry bench stream: {args.seconds:g} s of speech per stream "
+        f"(noise floor {'none' if floor is None else f'{floor:g} dBFS'}), {CHUNK_MS} ms chunks at real "
         f"time ({'all in step' if args.sync else 'starts spread over one hop'}), n={args.n}, "
         f"transforms={cfg.get('transforms', 'model default')}, device={args.device}, server: {where}, "
         f"cpus={os.cpu_count()}",
@@ -191,7 +211,7 @@ def _run_levels(args: argparse.Namespace, target: str, counts: list[int], *, sta
     )
     rows = []
     for n in counts:
-        r = run_level(target, n, audio, cfg, sync=args.sync)
+        r = run_level(target, n, audios, cfg, sync=args.sync)
         rows.append(r)
         print(
             f"{r['streams']:7d} {r['refused']:7d} {r['windows']:7d} {r['lost']:5d} {r['p50_ms']:8.1f} "

@@ -31,9 +31,11 @@ Example ``server.toml`` (every key optional; these are the defaults)::
 
     [batching]
     max_batch = 64
-    max_wait_ms = 10.0
+    max_wait_ms = 0.0          # wait for company once a worker is free (CPU: 0; a GPU may gain from a few ms)
     workers = 2
     queue_size = 1024
+    codec_processes = -1       # codec round trips in this many worker processes (-1: one per CPU;
+                               # 0: threads in the server process, where the GIL caps them)
 
     [capacity]
     max_load = 0.85            # admit a call only while the committed detector work stays under
@@ -122,9 +124,10 @@ class ServerConfig:
     device: str = "auto"
     torch_threads: int = 1
     max_batch: int = 64
-    max_wait_ms: float = 10.0
+    max_wait_ms: float = 0.0
     workers: int = 2
     queue_size: int = 1024
+    codec_processes: int = -1
     max_load: float = 0.85
     window_cost_ms: float = 0.0
     lock: bool = True
@@ -199,6 +202,8 @@ class ServerConfig:
         unknown = sorted(set(self.allowed_transforms) - set(TRANSFORM_NAMES))
         if unknown:
             raise ValueError(f"allowed_transforms: unknown {unknown}; known: {', '.join(TRANSFORM_NAMES)}")
+        if self.codec_processes < -1:
+            raise ValueError("codec_processes must be -1 (one per CPU), 0 (threads) or a count")
         if self.noise_seed < -1:
             raise ValueError("noise_seed must be -1 (secret, random) or >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -266,7 +271,7 @@ _TOML_KEYS = {
         "device": "device",
         "torch_threads": "torch_threads",
     },
-    "batching": {k: k for k in ("max_batch", "max_wait_ms", "workers", "queue_size")},
+    "batching": {k: k for k in ("max_batch", "max_wait_ms", "workers", "queue_size", "codec_processes")},
     "capacity": {k: k for k in ("max_load", "window_cost_ms")},
     "defence": {
         k: k

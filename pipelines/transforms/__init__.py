@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from avsentry.pipelines.transforms._codec import codec_executor
+from avsentry.pipelines.transforms._codec import CodecProcessPool, codec_executor
 from avsentry.pipelines.transforms.aac import AacRoundTrip
 from avsentry.pipelines.transforms.base import BaseTransform, SegmentedTransform, Transform
 from avsentry.pipelines.transforms.lowpass import LowPass
@@ -33,6 +33,7 @@ __all__ = [
     "TRANSFORM_NAMES",
     "AacRoundTrip",
     "BaseTransform",
+    "CodecProcessPool",
     "GaussianNoise",
     "LowPass",
     "MelInversion",

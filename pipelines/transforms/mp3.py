@@ -12,8 +12,10 @@ padding, so the decoded clip is sample-aligned with the input (see :mod:`._codec
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from avsentry.pipelines.transforms._codec import CodecRoundTrip
+from avsentry.pipelines.transforms.base import check_int
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,6 +29,9 @@ class Mp3RoundTrip(CodecRoundTrip):
             nearest rate the MPEG version allows (MPEG-2, used below 32 kHz, stops at 160).
         segments: Parts each clip is cut into and round tripped on its own, in [1, 8].
             Default 2 (see :class:`~._codec.CodecRoundTrip`).
+        quality: LAME's algorithm quality (``-q``), 0 (best, slowest) to 9. Default 7: 30 % less
+            CPU than LAME's default 3, with the same calibrated threshold and the same detection
+            rate under PGD on the digits model (README, "Throughput").
 
     Example:
         >>> mp3 = Mp3RoundTrip(sample_rate_hz=16000, bitrate_kbps=32)
@@ -40,3 +45,10 @@ class Mp3RoundTrip(CodecRoundTrip):
     max_bitrate_kbps = 320
 
     bitrate_kbps: int = 32
+    quality: int = 7
+
+    def _check_preset(self) -> None:
+        check_int(self.name, "quality", self.quality, low=0, high=9)
+
+    def encoder_settings(self) -> Mapping[str, str]:
+        return {"compression_level": str(self.quality)}

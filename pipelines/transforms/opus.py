@@ -14,8 +14,10 @@ input rate by a linear-phase polyphase filter with its delay removed, so it stay
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from avsentry.pipelines.transforms._codec import CodecRoundTrip
+from avsentry.pipelines.transforms.base import check_int
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,6 +33,9 @@ class OpusRoundTrip(CodecRoundTrip):
         bitrate_kbps: Target bit rate in kbit/s, in [6, 256]. Default 16.
         segments: Parts each clip is cut into and round tripped on its own, in [1, 8].
             Default 2 (see :class:`~._codec.CodecRoundTrip`).
+        complexity: libopus encoder complexity, 0 (fastest) to 10 (libopus's default). Default 5:
+            20 % less CPU, with the same calibrated threshold and the same detection rate under
+            PGD on the digits model (README, "Throughput").
 
     Example:
         >>> opus = OpusRoundTrip(sample_rate_hz=16000, bitrate_kbps=16)
@@ -44,3 +49,10 @@ class OpusRoundTrip(CodecRoundTrip):
     max_bitrate_kbps = 256
 
     bitrate_kbps: int = 16
+    complexity: int = 5
+
+    def _check_preset(self) -> None:
+        check_int(self.name, "complexity", self.complexity, low=0, high=10)
+
+    def encoder_settings(self) -> Mapping[str, str]:
+        return {"compression_level": str(self.complexity)}

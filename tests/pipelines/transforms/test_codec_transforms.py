@@ -81,7 +81,7 @@ def test_output_is_the_round_trip_of_each_segment(name: str, batch: np.ndarray) 
         container_format=whole.container_format,
         sample_rate_hz=16000,
         bit_rate_bps=whole.bitrate_kbps * 1000,
-        options=whole.encoder_options,
+        options=whole.encoder_settings(),
     )
     np.testing.assert_array_equal(whole.apply(batch[:1], np.random.default_rng(0))[0], direct)
 

@@ -71,7 +71,7 @@ def test_invalid_param_value_is_a_value_error() -> None:
 
 
 def test_transform_params_names_the_knobs() -> None:
-    assert transform_params("mp3") == ("bitrate_kbps", "segments")
+    assert transform_params("mp3") == ("bitrate_kbps", "segments", "quality")
     assert transform_params("quantize") == ("bits",)
     assert "_mel" not in transform_params("mel_inversion")
 
@@ -113,11 +113,11 @@ def test_spec_round_trips_into_a_transform() -> None:
 @pytest.mark.parametrize(
     ("spec", "canonical"),
     [
-        ("mp3", "mp3:bitrate_kbps=32,segments=2"),
-        (" mp3", "mp3:bitrate_kbps=32,segments=2"),
-        ("mp3: bitrate_kbps=32 ", "mp3:bitrate_kbps=32,segments=2"),
-        ("mp3:segments=2,bitrate_kbps=32", "mp3:bitrate_kbps=32,segments=2"),
-        ("opus:bitrate_kbps=12", "opus:bitrate_kbps=12,segments=2"),
+        ("mp3", "mp3:bitrate_kbps=32,quality=7,segments=2"),
+        (" mp3", "mp3:bitrate_kbps=32,quality=7,segments=2"),
+        ("mp3: bitrate_kbps=32 ", "mp3:bitrate_kbps=32,quality=7,segments=2"),
+        ("mp3:segments=2,bitrate_kbps=32", "mp3:bitrate_kbps=32,quality=7,segments=2"),
+        ("opus:bitrate_kbps=12", "opus:bitrate_kbps=12,complexity=5,segments=2"),
         ("lowpass:cutoff_hz=3000", "lowpass:cutoff_hz=3000.0,order=8"),
         ("lowpass:cutoff_hz=3e3,order=8", "lowpass:cutoff_hz=3000.0,order=8"),
         ("noise", "noise:floor=0.0001,snr_db=10.0"),
