@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from avsentry.pipelines.detection import Detector, WindowVerdict
+from avsentry.pipelines.detection import Detector, StreamState, WindowVerdict
 from avsentry.stream.errors import InternalError
 
 log = logging.getLogger("avsentry.batching")
@@ -49,7 +49,7 @@ class Job:
     key: int
     final: asyncio.Future
     start: int = 0
-    state: object | None = None
+    state: StreamState | None = None
     interim: asyncio.Future | None = None
     request_id: str = ""
     enqueued: float = field(default_factory=time.perf_counter)
@@ -123,7 +123,7 @@ class Batcher:
         key: int,
         *,
         start: int = 0,
-        state: object | None = None,
+        state: StreamState | None = None,
         interim: bool = False,
         request_id: str = "",
     ) -> tuple[asyncio.Future | None, asyncio.Future]:
@@ -250,12 +250,12 @@ class Batcher:
                 if j.interim is not None:
                     loop.call_soon_threadsafe(_resolve, j.interim, p, None)
 
-        detector = jobs[0].detector
-        kwargs: dict = {}
-        if any(j.state is not None for j in jobs):
-            kwargs = {"starts": [j.start for j in jobs], "states": [j.state for j in jobs]}
-        return detector.analyze(
-            np.stack([j.window for j in jobs]), keys=[j.key for j in jobs], on_raw=on_raw, **kwargs
+        return jobs[0].detector.analyze(
+            np.stack([j.window for j in jobs]),
+            keys=[j.key for j in jobs],
+            starts=[j.start for j in jobs],
+            states=[j.state for j in jobs],
+            on_raw=on_raw,
         )
 
     @staticmethod

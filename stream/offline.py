@@ -154,7 +154,7 @@ def check_file(
             out of bounds (possibly after some verdicts were yielded).
     """
     spec = detector.recognizer.spec
-    state = detector.stream_state() if hasattr(detector, "stream_state") else None
+    state = detector.stream_state()
     with AudioFile(path) as audio:
         rate = audio.info.sample_rate_hz
         session = StreamSession(
@@ -170,10 +170,7 @@ def check_file(
                 return
             starts = [w.start for w in windows]
             x = np.stack([w.samples for w in windows])
-            if state is None:
-                verdicts = detector.analyze(x, keys=starts)
-            else:
-                verdicts = detector.analyze(x, keys=starts, starts=starts, states=[state] * len(windows))
+            verdicts = detector.analyze(x, keys=starts, starts=starts, states=[state] * len(windows))
             for w, v in zip(windows, verdicts, strict=True):
                 yield from_verdict(
                     v,

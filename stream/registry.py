@@ -170,16 +170,15 @@ def measure_cost(detector: Detector, *, parallel: int = 1) -> float:
     barrier = threading.Barrier(parallel)
 
     def worker(streams: list[np.ndarray], spans: list[float]) -> None:
-        states = [detector.stream_state() for _ in streams] if hasattr(detector, "stream_state") else None
+        states = [detector.stream_state() for _ in streams]
         for k, start in enumerate((0, hop, 2 * hop)):
             batch = np.stack([s[start : start + window] for s in streams])
-            kwargs: dict = {}
-            if states is not None:
-                kwargs = {"starts": [start] * len(streams), "states": states}
             if k == 1:
                 barrier.wait()
                 spans.append(time.perf_counter())
-            detector.analyze(batch, keys=list(range(len(streams))), **kwargs)
+            detector.analyze(
+                batch, keys=list(range(len(streams))), starts=[start] * len(streams), states=states
+            )
         spans.append(time.perf_counter())
 
     best = float("inf")

@@ -145,6 +145,34 @@ class _Call:
     drain: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class _Feeder:
+    """Submits one call's windows to the batcher: its detector and stream state, its secret noise
+    salt, and at most ``in_flight`` windows queued or being judged (released by the caller once a
+    window's verdict is delivered)."""
+
+    def __init__(self, service: GuardService, detector: Detector, settings: convert.StreamSettings) -> None:
+        self.service = service
+        self.detector = detector
+        self.settings = settings
+        self.state = detector.stream_state()
+        self.salt = secrets.randbits(62)
+        self.slots = asyncio.Semaphore(service.config.in_flight_windows)
+
+    async def submit(
+        self, w: Window, *, interim: bool = False
+    ) -> tuple[asyncio.Future | None, asyncio.Future]:
+        await self.slots.acquire()
+        return await self.service.batcher.submit(
+            self.detector,
+            w.samples,
+            self.service.key(self.salt, w.start),
+            start=w.start,
+            state=self.state,
+            interim=interim,
+            request_id=self.settings.request_id,
+        )
+
+
 class GuardService:
     """Implements ``avsentry.v1.Guard``."""
 
@@ -268,7 +296,7 @@ class GuardService:
         call.share = self.capacity.reserve(built.cost_s * windows_per_s)
         return built
 
-    def _key(self, salt: int, start: int) -> int:
+    def key(self, salt: int, start: int) -> int:
         """A window's noise key: its start sample, plus a per-call secret unless the server runs
         with a fixed noise seed (reproducible verdicts)."""
         return start if self.deterministic_noise else salt + start
@@ -327,9 +355,9 @@ class GuardService:
                 hop=settings.hop,
                 max_input_samples=int(self.config.max_stream_s * settings.sample_rate_hz),
             )
-            slots = asyncio.Semaphore(self.config.in_flight_windows)
+            feeder = _Feeder(self, built.detector, settings)
             reader = asyncio.get_running_loop().create_task(
-                self._read(requests, call, settings, session, built.detector, pending, slots)
+                self._read(requests, call, session, feeder, pending)
             )
             labels = manifest.spec.labels
             while True:
@@ -339,7 +367,7 @@ class GuardService:
                 if isinstance(item, BaseException):
                     raise item
                 await self._deliver(context, call, item, settings, labels)
-                slots.release()
+                feeder.slots.release()
         except asyncio.CancelledError:
             status = grpc.StatusCode.CANCELLED
             raise
@@ -432,35 +460,23 @@ class GuardService:
         self,
         requests: AsyncIterator,
         call: _Call,
-        settings: convert.StreamSettings,
         session: StreamSession,
-        detector: Detector,
+        feeder: _Feeder,
         pending: asyncio.Queue,
-        slots: asyncio.Semaphore,
     ) -> None:
         """Consume chunks, cut windows, submit them; errors go down the pending queue in order.
 
         Ends at the end of the stream, on an error, or when the server drains (then the audio
         received so far is judged and the call ends UNAVAILABLE).
         """
+        settings = feeder.settings
         max_frames = self.config.max_chunk_ms * settings.sample_rate_hz // 1000
-        state = detector.stream_state() if hasattr(detector, "stream_state") else None
-        salt = secrets.randbits(62)
         expected = 0
         drained = asyncio.ensure_future(call.drain.wait())
 
         async def submit(windows: list[Window], arrived: float) -> None:
             for w in windows:
-                await slots.acquire()
-                interim, final = await self.batcher.submit(
-                    detector,
-                    w.samples,
-                    self._key(salt, w.start),
-                    start=w.start,
-                    state=state,
-                    interim=settings.interim,
-                    request_id=settings.request_id,
-                )
+                interim, final = await feeder.submit(w, interim=settings.interim)
                 await pending.put(_Pending(window=w, arrived=arrived, interim=interim, final=final))
 
         try:
@@ -539,23 +555,12 @@ class GuardService:
                 max_input_samples=int(self.config.max_check_s * settings.sample_rate_hz),
             )
             t0 = time.perf_counter()
-            slots = asyncio.Semaphore(self.config.in_flight_windows)
-            detector = built.detector
-            state = detector.stream_state() if hasattr(detector, "stream_state") else None
-            salt = secrets.randbits(62)
+            feeder = _Feeder(self, built.detector, settings)
 
             async def submit(windows: list[Window]) -> None:
                 for w in windows:
-                    await slots.acquire()
-                    _, final = await self.batcher.submit(
-                        detector,
-                        w.samples,
-                        self._key(salt, w.start),
-                        start=w.start,
-                        state=state,
-                        request_id=settings.request_id,
-                    )
-                    final.add_done_callback(lambda _: slots.release())
+                    _, final = await feeder.submit(w)
+                    final.add_done_callback(lambda _: feeder.slots.release())
                     futures.append((w, final))
 
             if which == "file":

@@ -218,9 +218,9 @@ def bench_core(args: argparse.Namespace) -> list[str]:
                 detector, args.batch, repeat=max(1, rep // 2), rng=rng
             ):
                 # process CPU time does not see the worker processes: no CPU figure for them
-                cpu = f", {cpu_ms:.1f} ms CPU per window" if executor is None else ""
+                cpu_note = f", {cpu_ms:.1f} ms CPU per window" if executor is None else ""
                 say(
-                    f"{what}: {per_s:.1f} windows/s{cpu} -> {per_s / 2:.1f} real-time streams at a "
+                    f"{what}: {per_s:.1f} windows/s{cpu_note} -> {per_s / 2:.1f} real-time streams at a "
                     "0.5 s hop if CPU-bound"
                 )
     finally:

@@ -31,7 +31,10 @@ import io
 import math
 import multiprocessing
 import os
+import select
+import signal
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -87,7 +90,9 @@ class CodecProcessPool(Executor):
     def _new(self) -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["avsentry.pipelines.transforms"])
-        return ProcessPoolExecutor(max_workers=self.processes, mp_context=ctx)
+        return ProcessPoolExecutor(
+            max_workers=self.processes, mp_context=ctx, initializer=_worker_setup, initargs=(os.getpid(),)
+        )
 
     def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
         with self._lock:
@@ -101,6 +106,31 @@ class CodecProcessPool(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
             self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def _worker_setup(server_pid: int) -> None:
+    """In each codec worker: ignore Ctrl-C (the terminal sends it to the whole process group; the
+    server drains and then stops its pool), and exit when the server process is gone, however it
+    went (a killed server's workers would otherwise wait on their job queue forever, and keep the
+    forkserver alive with them)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(server_pid,), name="avsentry-watch", daemon=True).start()
+
+
+def _exit_with(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)  # Linux: readable once the process has exited
+    except (AttributeError, OSError):
+        while True:  # elsewhere: poll
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+    select.select([fd], [], [])
+    os._exit(0)
 
 
 def split_bounds(samples: int, segments: int) -> tuple[tuple[int, int], ...]:

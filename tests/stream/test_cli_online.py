@@ -227,7 +227,9 @@ def test_mic_prints_verdicts_a_summary_and_fails_on_flag(serve_process, digit_au
     assert all(v["flagged"] for v in verdicts)
     lines = r.stderr.strip().splitlines()
     assert "capturing 2 channel(s) at 22050 Hz" in lines[0]
-    assert lines[-1].startswith("avsentry mic: 2 windows, 2 flagged; 0 block(s) dropped")
+    # the device has no clock and delivers as fast as it can: how many blocks a busy machine drops
+    # along the way is not the point here
+    assert lines[-1].startswith("avsentry mic: 2 windows, 2 flagged; ") and "block(s) dropped" in lines[-1]
 
 
 def test_stream_reports_server_errors_in_one_line(serve_process, tmp_path) -> None:

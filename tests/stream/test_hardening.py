@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import wave
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -494,3 +495,41 @@ def test_busy_port_fails_at_once_with_one_line() -> None:
 def test_wav_helper_is_a_real_wav() -> None:
     with wave.open(io.BytesIO(wav_bytes(SR, 2, 100))) as w:
         assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (SR, 2, 100)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_server_leaves_no_codec_worker_behind() -> None:
+    """Codec round trips run in worker processes; SIGKILL the server and they go too."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "avsentry", "serve", "--port", str(port), "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert "serving" in proc.stdout.readline()
+        helpers = _children(proc.pid)
+        workers = [w for h in helpers for w in _children(h)]
+        assert workers, "no codec worker processes found"
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    deadline = time.time() + 15
+    while time.time() < deadline and any(os.path.exists(f"/proc/{p}") for p in helpers + workers):
+        time.sleep(0.1)
+    alive = [p for p in helpers + workers if os.path.exists(f"/proc/{p}")]
+    assert not alive, f"left behind: {alive}"
