@@ -757,6 +757,58 @@ async def start_server(config: ServerConfig, *, registry: ModelRegistry | None =
 async def _start(
     config: ServerConfig, registry: ModelRegistry | None, metrics: Metrics, pool: CodecProcessPool | None
 ) -> RunningServer:
+    # bind first: a busy port fails at once, before the model loads
+    interceptors = [TokenAuth(config.token)] if config.token else []
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_concurrent_streams", config.max_streams + 8),  # per connection; health too
+            ("grpc.keepalive_time_ms", int(config.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 3),
+            ("grpc.max_connection_idle_ms", int(max(config.idle_timeout_s, 300) * 1000)),
+            ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int((config.max_stream_s + 60) * 1000)),
+        ],
+    )
+    try:
+        if config.tls:
+            assert config.tls_cert is not None and config.tls_key is not None
+            creds = grpc.ssl_server_credentials(
+                [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
+                root_certificates=config.tls_client_ca.read_bytes() if config.tls_client_ca else None,
+                require_client_auth=config.tls_client_ca is not None,
+            )
+            port = server.add_secure_port(config.target, creds)
+        else:
+            port = server.add_insecure_port(config.target)
+    except RuntimeError as e:  # grpc raises RuntimeError("Failed to bind ...")
+        port = 0
+        bind_error: BaseException | None = e
+    else:
+        bind_error = None
+    if port == 0:
+        raise OSError(f"cannot listen on {config.target}: address in use or not available") from bind_error
+    try:
+        return await _serve_on(server, port, config, registry, metrics, pool)
+    except BaseException:
+        await server.stop(None)  # releases the port
+        raise
+
+
+async def _serve_on(
+    server: grpc.aio.Server,
+    port: int,
+    config: ServerConfig,
+    registry: ModelRegistry | None,
+    metrics: Metrics,
+    pool: CodecProcessPool | None,
+) -> RunningServer:
     deterministic = config.noise_seed >= 0
     seed = config.noise_seed if deterministic else secrets.randbits(62)
     registry = registry or ModelRegistry(
@@ -805,24 +857,6 @@ async def _start(
         max_sigma=config.max_sigma,
         min_hop_ms=config.min_hop_ms,
     )
-    interceptors = [TokenAuth(config.token)] if config.token else []
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_concurrent_streams", config.max_streams + 8),  # per connection; health too
-            ("grpc.keepalive_time_ms", int(config.keepalive_s * 1000)),
-            ("grpc.keepalive_timeout_ms", 20_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-            ("grpc.http2.max_ping_strikes", 3),
-            ("grpc.max_connection_idle_ms", int(max(config.idle_timeout_s, 300) * 1000)),
-            ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
-            ("grpc.max_connection_age_grace_ms", int((config.max_stream_s + 60) * 1000)),
-        ],
-    )
     service = GuardService(
         config, registry, batcher, metrics, policy=policy, deterministic_noise=deterministic
     )
@@ -833,25 +867,6 @@ async def _start(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    try:
-        if config.tls:
-            assert config.tls_cert is not None and config.tls_key is not None
-            creds = grpc.ssl_server_credentials(
-                [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
-                root_certificates=config.tls_client_ca.read_bytes() if config.tls_client_ca else None,
-                require_client_auth=config.tls_client_ca is not None,
-            )
-            port = server.add_secure_port(config.target, creds)
-        else:
-            port = server.add_insecure_port(config.target)
-    except RuntimeError as e:  # grpc raises RuntimeError("Failed to bind ...")
-        port = 0
-        bind_error: BaseException | None = e
-    else:
-        bind_error = None
-    if port == 0:
-        await batcher.stop()
-        raise OSError(f"cannot listen on {config.target}: address in use or not available") from bind_error
     await server.start()
     # Everything loaded so far (torch, models, codecs, grpc) lives as long as the server: move it
     # out of the collector's reach. Full collections over it took 110 ms with the GIL held,
