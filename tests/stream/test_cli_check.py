@@ -12,7 +12,6 @@ import subprocess
 import sys
 import termios
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,17 +53,6 @@ def avsentry(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "avsentry", *args], capture_output=True, text=True, timeout=timeout
     )
-
-
-def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
-    """``(frames,)`` or ``(frames, channels)`` float audio as 16-bit PCM."""
-    x = audio if audio.ndim == 2 else audio[:, None]
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(x.shape[1])
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 def test_check_reads_spoken_digits_without_flags(digit_wav) -> None:
@@ -114,7 +102,9 @@ def test_check_without_smoothing_or_threshold_renders_nulls(digit_wav) -> None:
     assert o["smoothed"] is None and o["defended"] == [] and o["calibrated"] is False
 
 
-def test_check_resamples_and_downmixes_with_bounds_at_the_files_rate(tmp_path, digit_audio) -> None:
+def test_check_resamples_and_downmixes_with_bounds_at_the_files_rate(
+    tmp_path, digit_audio, write_wav
+) -> None:
     """A 22.05 kHz stereo file: windows cut at the model rate, bounds reported at 22.05 kHz."""
     from avsentry.pipelines.audio_io import resample
 
@@ -202,7 +192,7 @@ def _run_on_a_terminal(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out, err.decode(errors="replace")
 
 
-def test_long_files_show_a_progress_bar_on_a_terminal_only(tmp_path) -> None:
+def test_long_files_show_a_progress_bar_on_a_terminal_only(tmp_path, write_wav) -> None:
     gen = np.random.default_rng(0)
     path = write_wav(tmp_path / "long.wav", 0.01 * gen.standard_normal(31 * 16000), 16000)
     fast = (

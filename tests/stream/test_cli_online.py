@@ -9,8 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,16 +60,6 @@ def serve_process():
     proc.communicate(timeout=30)  # reap it and close the pipes
 
 
-def write_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
-    x = audio if audio.ndim == 2 else audio[:, None]
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(x.shape[1])
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
-
-
 def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
@@ -100,7 +88,7 @@ def assert_same_verdict(offline: dict, online: dict) -> None:
 
 @pytest.mark.parametrize("fmt", ["16k_mono", "22k_stereo"])
 def test_check_json_and_stream_json_agree_window_by_window(
-    serve_process, digit_wav, digit_audio, tmp_path, fmt
+    serve_process, digit_wav, digit_audio, tmp_path, fmt, write_wav
 ):
     """The acceptance test of the one verdict schema: the offline check and the server cut the
     same windows, key their noise alike and render them through the same record."""
