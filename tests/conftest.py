@@ -91,3 +91,23 @@ def digit_wav(tmp_path_factory, heldout_speech) -> Path:
         w.setframerate(16000)
         w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
     return path
+
+
+@pytest.fixture(scope="session")
+def heldout_real_speech() -> dict[str, np.ndarray]:
+    """1 s windows of real people the shipped model never heard: 20 prompts each of the held-out
+    speakers of :mod:`tools.realspeech` (Mexican Spanish, Italian; 8 kHz telephone recordings),
+    a random 1 s crop of each. All are other speech: ``_unknown_``."""
+    from avsentry.tools import realspeech
+
+    if realspeech.missing_speakers():
+        pytest.fail(f"real recordings missing: {realspeech.missing_speakers()} (run tools/setup.sh)")
+    gen = np.random.default_rng(9)
+    xs, speakers = [], []
+    for spk in (s for s in realspeech.SPEAKERS if s.heldout):
+        files = realspeech.recordings(spk.name)
+        for k in gen.choice(len(files), size=20, replace=False):
+            clip = synth.trim_silence(realspeech.read(spk.name, files[int(k)]))
+            xs.append(augment.place(gen, clip, speed=False))
+            speakers.append(spk.name)
+    return {"x": np.stack(xs).astype(np.float32), "speaker": np.array(speakers)}

@@ -1,13 +1,14 @@
 """Detector calibration (``avsentry calibrate``): threshold for a target false-positive rate.
 
-Clean held-out windows (voices never trained on: digits, other words and phrases, procedural
-background), each once as synthesised and once through the training channel degradations
-(noise, reverb, telephone band...), are scored by the detector. The held-out clips are split in
+Clean held-out windows (voices never trained on: digits, other words and phrases, real speech of
+held-out people from :mod:`tools.realspeech`, procedural background), each once as recorded or
+synthesised and once through the training channel degradations (noise, room
+reverberation, telephone codecs...), are scored by the detector. The held-out clips are split in
 two halves by a hash of voice and text, so every held-out voice is in both: the threshold is set
 on the calibration half (:func:`pipelines.detection.calibrate_threshold` per group of digits,
-other speech and background, keeping the largest, so no group exceeds the target; by default
-each group's threshold holds the target with 95 % confidence over calibration sets) and the
-false-positive rate is measured on the other half, per group and per engine, with a
+synthetic other speech, real speech and background, keeping the largest, so no group exceeds the
+target; by default each group's threshold holds the target with 95 % confidence over calibration
+sets) and the false-positive rate is measured on the other half, per group and per source, with a
 Clopper-Pearson 95 % upper bound. Accuracy of the raw, transformed and smoothed predictions and
 certified accuracy are measured on the same windows.
 """
@@ -41,7 +42,7 @@ def calibration_windows(clips: synth.ClipSet, *, seed: int = 7) -> dict[str, np.
     rng = np.random.default_rng(seed)
     speech = clean["engine"] != "procedural"
     degraded = clean["x"].copy()
-    degraded[speech] = augment.degrade(rng, clean["x"][speech])
+    degraded[speech] = augment.degrade(rng, clean["x"][speech], pitch_prob=0.0)
     data = {k: np.concatenate([v, v]) for k, v in clean.items()}
     data["x"] = np.concatenate([clean["x"], degraded])
     data["condition"] = np.array(["clean"] * len(clean["y"]) + ["degraded"] * len(clean["y"]))
@@ -86,22 +87,22 @@ def summarize(
 ) -> dict:
     """FPR on ``mask`` windows (overall and by group) and accuracy of each defended path."""
     scores = np.array([v.score for v in verdicts])
-    group = groups(data["y"], labels)
+    group = groups(data["y"], labels, data["engine"])
     fp = scores > threshold
     rep: dict = {"n": int(mask.sum()), "false_positives": int(fp[mask].sum())}
     rep["fpr"] = float(fp[mask].mean())
     rep["fpr_upper95"] = fpr_upper(int(fp[mask].sum()), int(mask.sum()))
     rep["by_group"] = {
         g: {"n": int((mask & (group == g)).sum()), "fpr": float(fp[mask & (group == g)].mean())}
-        for g in ("digits", "other_speech", "background")
+        for g in GROUPS
         if (mask & (group == g)).any()
     }
-    rep["by_engine"] = {
+    rep["by_source"] = {
         str(e): {
-            "n": int((mask & (data["engine"] == e)).sum()),
-            "fpr": float(fp[mask & (data["engine"] == e)].mean()),
+            "n": int((mask & (data["source"] == e)).sum()),
+            "fpr": float(fp[mask & (data["source"] == e)].mean()),
         }
-        for e in np.unique(data["engine"][mask])
+        for e in np.unique(data["source"][mask])
     }
     rep["by_condition"] = {
         c: {
@@ -167,7 +168,11 @@ def calibrate(
     verdicts = score_windows(detector, data["x"], progress=progress)
     cal = data["calibration"]
     threshold, per_group = calibrate_threshold_for(
-        verdicts, cal, target_fpr, groups(data["y"], manifest.spec.labels), confidence=confidence
+        verdicts,
+        cal,
+        target_fpr,
+        groups(data["y"], manifest.spec.labels, data["engine"]),
+        confidence=confidence,
     )
     for g, v in per_group.items():
         if "too few" in v["guarantee"]:
@@ -189,11 +194,12 @@ def calibrate(
         "calibration_by_group": per_group,
         "test": test,
         "method": "group-conditional, training-conditional split conformal (Vovk 2012) on held-out "
-        "clean windows (clean + degraded): per group (digits, other speech, background) the "
+        "clean windows (clean + degraded): per group (digits, synthetic other speech, real speech of "
+        "held-out people, background) the "
         "smallest order statistic of the calibration scores whose FPR exceeds the "
         "target with probability <= 1 - confidence (a group too small for that: the "
         "ceil((m+1)(1-target))-th smallest, expected FPR <= target) on half the held-out clips "
-        "(split by a hash of voice and text); the largest of the three kept; FPR measured on the "
+        "(split by a hash of voice and text); the largest of the four kept; FPR measured on the "
         "other half",
     }
     card["defended_accuracy"] = {
@@ -205,11 +211,14 @@ def calibrate(
     return card
 
 
-def groups(y: np.ndarray, labels: tuple[str, ...]) -> np.ndarray:
-    """The clean-audio group of each window: digits, other_speech or background."""
-    return np.where(
-        y < 10, "digits", np.where(labels.index(synth.UNKNOWN) == y, "other_speech", "background")
-    )
+GROUPS = ("digits", "other_speech", "real_speech", "background")
+
+
+def groups(y: np.ndarray, labels: tuple[str, ...], engine: np.ndarray) -> np.ndarray:
+    """The clean-audio group of each window: digits, other_speech (synthetic), real_speech
+    (recordings of people, :mod:`tools.realspeech`) or background."""
+    other = np.where(engine == "real", "real_speech", "other_speech")
+    return np.where(y < 10, "digits", np.where(labels.index(synth.UNKNOWN) == y, other, "background"))
 
 
 def calibrate_threshold_for(
@@ -221,7 +230,8 @@ def calibrate_threshold_for(
     confidence: float | None = DEFAULT_CONFIDENCE,
 ) -> tuple[float, dict[str, dict]]:
     """Group-conditional calibration: the largest of the per-group thresholds, so that digits,
-    other speech and background each stay at or under the target rate (not just their mix).
+    other speech, real speech and background each stay at or under the target rate (not just
+    their mix).
 
     Each group's threshold holds the target with probability ``confidence`` over calibration sets
     (:func:`~pipelines.detection.calibrate_threshold`). A group with too few windows for that gets

@@ -17,10 +17,14 @@ for arg in "$@"; do
   esac
 done
 
-# festival voices of other languages speak accented English digits (tools/data/accented_voices.toml)
+# festival voices of other languages speak accented English digits (tools/data/accented_voices.toml);
+# the asterisk prompts are real speech of people in other languages (tools/realspeech.py). Never
+# install asterisk-core-sounds-en* or pocketsphinx-testdata here: they are a reserved test set.
 apt_packages=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
               festvox-italp16k festvox-itapc16k festvox-czech-dita festvox-czech-krb festvox-czech-machac
               festvox-czech-ph festvox-suopuhe-lj festvox-suopuhe-mv
+              asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav
+              asterisk-core-sounds-ru-wav asterisk-prompt-fr-armelle asterisk-prompt-es-co
               sox libportaudio2 python3-venv pulseaudio pulseaudio-utils libasound2-plugins openssl)
 missing=()
 for p in "${apt_packages[@]}"; do

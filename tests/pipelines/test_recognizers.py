@@ -27,6 +27,14 @@ def test_shipped_model_recognizes_heldout_voices(model_torch, heldout_speech) ->
     assert acc >= 0.9, f"held-out accuracy {acc:.3f}"
 
 
+def test_shipped_model_calls_real_foreign_speech_unknown(model_torch, heldout_real_speech) -> None:
+    """Real people (held-out speakers, other languages) are other speech, not digits."""
+    pred = model_torch.predict(heldout_real_speech["x"]).argmax(1)
+    unknown = np.mean(pred == synth.LABELS.index(synth.UNKNOWN))
+    said = [synth.LABELS[k] for k in pred if synth.LABELS[k] != synth.UNKNOWN]
+    assert unknown >= 0.9, (unknown, said)
+
+
 def test_batch_equals_per_item(model_torch, heldout_speech) -> None:
     x = heldout_speech["x"][:5]
     whole = model_torch.predict(x)
@@ -62,7 +70,20 @@ def test_card_is_a_complete_manifest() -> None:
         "flite",
         "festival",
         "procedural",
+        "real",
     }
+    # the real-speech evaluation: per source (real speakers apart), at 16 kHz and by telephone
+    ev = card["speech_evaluation"]
+    sources = {"espeak", "flite", "festival", "procedural", "real:allison", "real:carlo"}
+    assert set(ev["wideband_16k"]["per_source"]) == set(ev["telephone_8k"]["per_source"]) == sources
+    assert np.asarray(ev["confusion"]["wideband_16k"]).sum() == acc["n_windows"]
+    assert ev["connected_digits"]["judged_windows"] >= 100
+    assert set(det_groups := card["detector"]["calibration_by_group"]) == {
+        "digits",
+        "other_speech",
+        "real_speech",
+        "background",
+    }, det_groups
     agree = card["onnx_agreement"]
     assert agree["n_windows"] == acc["n_windows"] and agree["top1_agreement"] >= 0.999
     det = card["detector"]

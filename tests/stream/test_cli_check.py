@@ -233,3 +233,30 @@ def test_models_lists_the_embedded_model() -> None:
     assert m["smoothing_n"] == 32 and m["smoothing_representation"] == "logmel"
     r = avsentry("models")
     assert r.returncode == 0 and r.stdout.startswith("digits: 12 labels")
+
+
+@pytest.mark.parametrize(
+    ("engine", "voice"), [("flite", "rms"), ("festival", "ked_diphone"), ("espeak", "en-us")]
+)
+def test_connected_digits_are_read_window_by_window(tmp_path, write_wav, engine, voice) -> None:
+    """ "two nine three four" spoken in a row by a held-out voice, through `check` as a user runs
+    it: every window that holds one whole digit (and no other) says that digit."""
+    from avsentry.tools import speecheval
+
+    if engine == "espeak":  # the accent with the first held-out variant
+        variant = next(v for v in synth.espeak_variants() if synth.is_heldout_voice("espeak", f"en+{v}"))
+        voice = f"{voice}+{variant}"
+    digits = ("two", "nine", "three", "four")
+    utts = [synth.Utterance(text=d, label=d, engine=engine, voice=voice) for d in digits]
+    assert all(u.heldout for u in utts)
+    s = speecheval.digit_string(
+        synth.synthesize(utts, progress=False), digits, voice, np.random.default_rng(0)
+    )
+    path = write_wav(tmp_path / "string.wav", s.audio, 16000)
+    r = avsentry("check", str(path), "--json", "--device", "cpu", "--hop-ms", "250")
+    assert r.returncode == 0, r.stderr
+    verdicts = [json.loads(line) for line in r.stdout.splitlines()]
+    targets = speecheval.window_targets(s, np.array([v["start_sample"] for v in verdicts]), 16000)
+    judged = [(t, v["raw_label"]) for t, v in zip(targets, verdicts, strict=True) if t is not None]
+    assert len(judged) >= 4
+    assert all(t == said for t, said in judged), judged
