@@ -217,6 +217,20 @@ def test_a_corpus_from_another_recipe_is_synthesised_again(tmp_path) -> None:
     )
     assert synth.stored_recipe(data) == synth.recipe_id(tiny)
     assert len(synth.load(data)) > 100 and card["data"]["clips"]["heldout"] > 0
+    assert "piper" not in card["heldout_accuracy"]["per_engine"]
+    # a diagnostic run that never hears one engine reports it as held out
+    kw = {
+        "data": data,
+        "cfg": train.TrainConfig(steps=2, batch_size=16),
+        "synth_scale": 0.01,
+        "progress": False,
+    }
+    left = train.run(out_dir=tmp_path / "left", leave_out="piper", **kw)
+    assert left["data"]["left_out_engine"] == "piper" and "not for shipping" in left["limitations"]
+    assert "piper" in left["heldout_accuracy"]["per_engine"]
+    assert "piper" in left["speech_evaluation"]["telephone_8k"]["per_source"]
+    with pytest.raises(ValueError, match="no such engine"):
+        train.run(out_dir=tmp_path / "x", leave_out="nope", **kw)
 
 
 def test_sampler_balances_classes(tiny_corpus) -> None:
