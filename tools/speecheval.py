@@ -17,8 +17,8 @@ import numpy as np
 from avsentry.pipelines.windowing import frame
 from avsentry.tools import augment, synth
 
-# What a window of each kind of source should be: the recognizer's answer is right when it is the
-# label; for real speech (other languages) that is _unknown_.
+# A recognizer as the evaluation calls it. A window's answer is right when it is the window's
+# label; for real speech (other languages) that label is _unknown_.
 Predict = Callable[[np.ndarray], np.ndarray]  # (n, samples) windows -> (n,) label indices
 
 
