@@ -187,8 +187,9 @@ def detector_options(*, hop: bool = True) -> argparse.ArgumentParser:
         "--threshold",
         type=non_negative_float,
         default=None,
-        help="flag a window when its score (L1 distance, 0-2) exceeds this (default: the "
-        "calibrated threshold in the model card)",
+        help="flag a window when its score exceeds this, on the scale of the model card's scoring "
+        "(conformal: -log10 of a clean p-value, e.g. 2 = rarer than 1 in 100 clean windows; max: "
+        "the largest L1 distance, 0-2) (default: the calibrated threshold in the model card)",
     )
     if hop:
         g.add_argument(
@@ -558,6 +559,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="diagnostic: hold out every voice of one engine too (e.g. piper, the neural voice) and "
         "report it as held out; the model is for measuring, not for shipping",
     )
+    g = p.add_argument_group("robust training")
+    g.add_argument(
+        "--adversarial",
+        choices=("none", "fgsm", "pgd"),
+        default=None,
+        help="adversarial training on the waveform: fgsm, the mixed loss a*J(x) + (1-a)*J(x + "
+        "eps*sign(grad J)) (Sallo et al.); pgd, the same with --adv-steps PGD steps (Madry et al.) "
+        "(default: none)",
+    )
+    g.add_argument("--adv-alpha", type=float, default=None, help="weight a of the clean loss (default: 0.5)")
+    g.add_argument(
+        "--adv-snr-db",
+        type=float,
+        default=None,
+        help="L-inf budget of the training attack, dB under each window's RMS (default: 30)",
+    )
+    g.add_argument("--adv-steps", type=int, default=None, help="PGD steps of --adversarial pgd (default: 3)")
+    g.add_argument(
+        "--waveform-noise-sigma",
+        type=float,
+        default=None,
+        help="Gaussian noise on half the training waveforms, sigma drawn up to this: a base "
+        "classifier for waveform smoothing and certified detection (default: 0, off)",
+    )
+    g.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="MODEL_PT",
+        help="fine-tune from these weights (e.g. pipelines/models/digits/model.pt) instead of "
+        "training from scratch; use with fewer --steps and a lower --lr",
+    )
     p.add_argument("--no-calibrate", action="store_true", help="skip detector calibration")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -584,6 +617,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-fpr", type=float, default=0.01, help="false-positive rate to hold (default: 0.01)"
     )
     p.add_argument(
+        "--scoring",
+        choices=("conformal", "max"),
+        default="conformal",
+        help="how distances become the score: conformal (each defence's distance and the largest "
+        "one as p-values against clean reference windows, Fisher-combined) or max (the largest "
+        "distance) (default: conformal)",
+    )
+    p.add_argument(
         "--confidence",
         type=float,
         default=0.95,
@@ -592,6 +633,143 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    attack_help = (
+        "SPEC is NAME or NAME:key=value,... with NAME one of fgsm, fgm, bim, pgd, cw, deepfool, "
+        "jsma, nes, sparse, adaptive; eps=0.002 (sample units) or eps=30db (perturbation at least "
+        "30 dB under each clip), norm=linf|l2, target=none|random|next|LABEL, and the attack's own "
+        "parameters (steps=, restarts=, ...; a wrong key lists the known ones). 'adaptive' attacks "
+        "the whole guard (BPDA through the codecs, EOT over the noise) as configured by the "
+        "detector options."
+    )
+    clean = argparse.ArgumentParser(add_help=False)
+    g = clean.add_argument_group("clean set")
+    g.add_argument(
+        "--clean",
+        default="heldout",
+        metavar="heldout|DIR",
+        help="clean clips: 'heldout' (the digit model's held-out voices, synthesised here) or a "
+        "folder of your labelled recordings, DIR/<label>/*.wav|flac|mp3... (default: heldout)",
+    )
+    g.add_argument("--clips", type=positive_int, default=40, help="clean clips to use (default: 40)")
+    g.add_argument(
+        "--seed", type=int, default=0, help="seed of targets, attacks and the clean set (default: 0)"
+    )
+    g.add_argument("--batch-size", type=positive_int, default=16, help="clips per attack batch (default: 16)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "attack",
+        parents=[model, detector_options(hop=False), clean],
+        help="generate adversarial examples (WAV files + a JSONL manifest)",
+        description="Attack the clean clips the model gets right, on the waveform through the "
+        "model's own feature front end, and write the adversarials as 32-bit float WAVs with "
+        "their clean originals and a manifest.jsonl (source, true label, target, attack, "
+        "parameters, seed, success, L2, L-inf, L0, SNR dB, queries). " + attack_help,
+    )
+    p.add_argument(
+        "--attack",
+        dest="attacks",
+        action="append",
+        metavar="SPEC",
+        help="an attack; repeat for several (default: pgd:eps=30db)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/attacks"), help="output folder (default: runs/attacks)"
+    )
+    g = p.add_argument_group("black box over gRPC")
+    g.add_argument(
+        "--server",
+        default=None,
+        metavar="HOST:PORT",
+        help="run nes against a running server, using only its verdicts (default: the local model)",
+    )
+
+    p = sub.add_parser(
+        "evaluate",
+        parents=[model, detector_options(hop=False), clean],
+        help="attack, judge and report: detection ROC/AUC, accuracy under attack, certified accuracy",
+        description="Attack the clean set with each attack (or read adversarials an earlier "
+        "'avsentry attack' wrote), judge clean and adversarial windows with the guard (in-process, "
+        "or a running server with --server), and write report.md, report.json and plots: clean "
+        "accuracy; per attack, success, accuracy under attack, guarded accuracy, evasion, "
+        "detection AUC and TPR at 1 %% and 0.1 %% FPR (combined and per transform), SNR/L2/L-inf; "
+        "certified accuracy of randomized smoothing per representation and sigma; certified "
+        "detection. " + attack_help,
+    )
+    p.add_argument(
+        "--attack",
+        dest="attacks",
+        action="append",
+        metavar="SPEC",
+        help="an attack; repeat for several (default: the standard suite, see --suite)",
+    )
+    p.add_argument(
+        "--suite",
+        choices=("standard", "quick", "none"),
+        default="standard",
+        help="attacks when no --attack is given: standard (every family, adaptive at 40/30/20 dB), "
+        "quick (fgsm, pgd, adaptive at 30 dB) or none (default: standard)",
+    )
+    p.add_argument(
+        "--adversarial",
+        type=Path,
+        default=None,
+        metavar="MANIFEST",
+        help="judge the adversarials of this manifest.jsonl (from 'avsentry attack') instead of attacking",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/evaluation"), help="report folder (default: runs/evaluation)"
+    )
+    p.add_argument(
+        "--server",
+        default=None,
+        metavar="HOST:PORT",
+        help="judge with a running server's verdicts (CheckAudio) instead of the in-process detector",
+    )
+    p.add_argument(
+        "--compare-model",
+        default=None,
+        metavar="NAME|MANIFEST",
+        help="also report the perturbation ratio eps_r of this model over --model (DeepFool)",
+    )
+    p.add_argument(
+        "--art",
+        action="store_true",
+        help="also run IBM ART's FGSM, PGD and Carlini-Wagner L2 on the same clips (needs the 'art' extra)",
+    )
+    g = p.add_argument_group("certification")
+    g.add_argument(
+        "--no-certify", action="store_true", help="skip certified accuracy and certified detection"
+    )
+    g.add_argument("--certify-clips", type=positive_int, default=40, help="clips to certify (default: 40)")
+    g.add_argument(
+        "--certify-n", type=positive_int, default=100, help="CERTIFY estimation copies n (default: 100)"
+    )
+    g.add_argument(
+        "--certify-n0", type=positive_int, default=16, help="CERTIFY selection copies n0 (default: 16)"
+    )
+    g.add_argument(
+        "--certify-sigmas",
+        default="0.01,0.05,0.1,0.25,0.5",
+        help="comma-separated sigmas (default: 0.01,0.05,0.1,0.25,0.5)",
+    )
+    g.add_argument(
+        "--certify-representations",
+        default="waveform,spectrogram,logmel",
+        help="comma-separated representations (default: waveform,spectrogram,logmel)",
+    )
+    g.add_argument(
+        "--certify-alpha",
+        type=positive_float,
+        default=0.001,
+        help="CERTIFY failure probability (default: 0.001)",
+    )
+    g.add_argument(
+        "--detection-sigmas",
+        default="0.01,0.02,0.05,0.1",
+        help="waveform sigmas of certified detection (default: 0.01,0.02,0.05,0.1)",
+    )
 
     p = sub.add_parser("bench", help="benchmarks (not tests)")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
@@ -706,6 +884,38 @@ def _calibrate(args: argparse.Namespace) -> int:
     return run_cli(args, cfg)
 
 
+def _attack(args: argparse.Namespace) -> int:
+    from avsentry.stream.offline import detector_from_args
+    from avsentry.tools.attackgen import run_cli
+
+    _resolve_local_model(args)
+    args.noise_seed = 0
+    detector, _ = detector_from_args(args)
+    oracle = None
+    if args.server:
+        from avsentry.stream.client import GuardClient
+        from avsentry.stream.oracle import GuardOracle
+
+        oracle = GuardOracle(GuardClient(args.server, timeout_s=60.0), model=detector.recognizer.spec.name)
+    return run_cli(args, detector, oracle=oracle)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from avsentry.stream.offline import detector_from_args
+    from avsentry.tools.evaluate import run_cli
+
+    _resolve_local_model(args)
+    args.noise_seed = 0
+    detector, calibrated = detector_from_args(args)
+    guard = None
+    if args.server:
+        from avsentry.stream.client import GuardClient
+        from avsentry.stream.oracle import RemoteGuard
+
+        guard = RemoteGuard(GuardClient(args.server, timeout_s=120.0), model=detector.recognizer.spec.name)
+    return run_cli(args, detector, guard=guard, argv=sys.argv)
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.bench == "stream":
         from avsentry.stream.bench import bench_stream
@@ -727,6 +937,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _demo,
     "train": _train,
     "calibrate": _calibrate,
+    "attack": _attack,
+    "evaluate": _evaluate,
     "bench": _bench,
 }
 

@@ -4,9 +4,11 @@ Feature squeezing (Xu, Evans & Qi, NDSS 2018) applied to audio (as in Yang et al
 "Characterizing audio adversarial examples using temporal dependency" and Rajaratnam et al.,
 2018, for compression defences): adversarial perturbations are brittle, so the recognizer's
 softmax on the raw window and on defended copies (codec round trips, quantization, randomized
-smoothing) diverge far more than on clean input. The score is the largest L1 distance between
-the raw softmax and any defended softmax; the flag is ``score > threshold``, with the threshold
-calibrated on held-out clean audio to a target false-positive rate (:func:`calibrate_threshold`).
+smoothing) diverge far more than on clean input. The score combines the L1 distances between the
+raw softmax and each defended softmax (:mod:`~avsentry.pipelines.scoring`: their maximum, or a
+conformal combination of how rare each is on clean speech); the flag is ``score > threshold``,
+with the threshold calibrated on held-out clean audio to a target false-positive rate
+(:func:`calibrate_threshold`).
 Label disagreements and a smoothed abstention are reported as reasons.
 
 Randomized smoothing per window uses one draw of ``n`` noisy copies in one forward pass: PREDICT
@@ -37,6 +39,7 @@ import torch
 from scipy.stats import beta
 
 from avsentry.pipelines.recognizers.base import SmoothableRecognizer
+from avsentry.pipelines.scoring import ConformalCombination, MaxDistance, scoring_from_card
 from avsentry.pipelines.smoothing import (
     SmoothingConfig,
     certify_from_counts,
@@ -67,12 +70,15 @@ class DetectorConfig:
         smoothing: Randomized-smoothing parameters, or ``None`` to skip smoothing.
         threshold: Flag when the score exceeds this (from calibration); ``None`` never flags.
         seed: Base seed for transform and smoothing randomness.
+        scoring: How distances become the score (:mod:`~avsentry.pipelines.scoring`); the
+            threshold is on its scale.
     """
 
     transforms: tuple[str, ...] = DEFAULT_TRANSFORMS
     smoothing: SmoothingConfig | None = field(default_factory=lambda: SmoothingConfig(n=32, n0=8))
     threshold: float | None = None
     seed: int = 0
+    scoring: MaxDistance | ConformalCombination = field(default_factory=MaxDistance)
 
     def __post_init__(self) -> None:
         if isinstance(self.transforms, str):
@@ -99,7 +105,8 @@ class DetectorConfig:
             detector: The card's ``detector`` section (``None`` if the model is uncalibrated).
             overrides: Any of ``transforms`` (sequence of specs), ``n``, ``n0``, ``sigma``,
                 ``representation``, ``alpha``, ``smoothing`` (``False`` disables it),
-                ``threshold``, ``seed``; ``None`` values are ignored.
+                ``threshold``, ``seed``, ``scoring`` (``"max"`` drops the card's conformal scoring);
+            ``None`` values are ignored.
 
         Returns:
             The config, and whether the threshold in force was calibrated for exactly it.
@@ -117,6 +124,7 @@ class DetectorConfig:
             "smoothing",
             "threshold",
             "seed",
+            "scoring",
         }
         if unknown:
             raise TypeError(f"unknown overrides: {sorted(unknown)}")
@@ -132,15 +140,22 @@ class DetectorConfig:
                 alpha=float(o.get("alpha", base.alpha)),  # type: ignore[arg-type]
             )
         transforms = tuple(o.get("transforms", fp.get("transforms", DEFAULT_TRANSFORMS)))  # type: ignore[call-overload]
-        cfg = cls(transforms=transforms, smoothing=smoothing, seed=int(o.get("seed", 0)))  # type: ignore[call-overload]
+        if o.get("scoring") not in (None, "max", "card"):
+            raise ValueError(f"scoring override must be 'max' or 'card', got {o['scoring']!r}")
+        scoring = MaxDistance() if o.get("scoring") == "max" else scoring_from_card(detector.get("scoring"))
+        cfg = cls(transforms=transforms, smoothing=smoothing, seed=int(o.get("seed", 0)), scoring=scoring)  # type: ignore[call-overload]
         threshold = o.get("threshold", detector.get("threshold"))
         # literal comparison: the card stores canonical specs; a spec missing a parameter added
         # since (whose default may differ from what was calibrated) does not count as calibrated
         calibrated = "threshold" not in o and bool(fp) and cfg.fingerprint() == fp
+        if scoring.kind != detector.get("scoring", {}).get("kind", "max"):
+            threshold = None if "threshold" not in o else threshold  # the card's is on another scale
+            calibrated = False
         cfg = cls(
             transforms=cfg.transforms,
             smoothing=cfg.smoothing,
             seed=cfg.seed,
+            scoring=cfg.scoring,
             threshold=None if threshold is None else float(threshold),
         )  # type: ignore[arg-type]
         return cfg, calibrated
@@ -149,7 +164,9 @@ class DetectorConfig:
         """The fields a calibrated threshold depends on (stored in the model card); transform
         specs in canonical form."""
         s = self.smoothing
+        scoring = {} if self.scoring.kind == "max" else {"scoring": self.scoring.fingerprint()}
         return {
+            **scoring,
             "transforms": list(self.transforms),
             "smoothing": None
             if s is None
@@ -182,8 +199,10 @@ class WindowVerdict:
         defended: One entry per transform, plus ``"smoothing"`` (mean noisy softmax).
         smoothed: PREDICT outcome over all ``n`` votes (``None`` without smoothing).
         certificate: CERTIFY outcome (``Certified`` with radius, or ``Abstain``).
-        score: Largest L1 distance between raw and defended softmax, in [0, 2]; ``nan`` (or
-            ``inf``) when a softmax was not finite.
+        score: The config's scoring of the raw-vs-defended L1 distances: the largest distance,
+            in [0, 2] (``max``), or ``-log10`` of a conformal p-value (``conformal``; see
+            :mod:`~avsentry.pipelines.scoring`); ``nan`` (or ``inf``) when a softmax was not
+            finite.
         flagged: ``score > threshold``, or the score is not finite (whatever the threshold).
         reasons: Human-readable signals (score over threshold, label changes, abstention).
     """
@@ -515,7 +534,7 @@ class Detector:
         distances = np.array([o.distance for o in outs] or [0.0])
         finite = bool(np.isfinite(raw).all() and np.isfinite(distances).all())
         if finite:
-            score = float(distances.max())
+            score = self.config.scoring.score({o.name: o.distance for o in outs})
         else:  # max() would depend on where the NaN sits
             score = float("nan") if np.isnan(distances).any() or np.isnan(raw).any() else float("inf")
         thr = self.config.threshold

@@ -6,6 +6,7 @@ festival) with voices the shipped model never saw in training.
 
 from __future__ import annotations
 
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,21 @@ def heldout_real_speech() -> dict[str, np.ndarray]:
             xs.append(augment.place(gen, clip, speed=False))
             speakers.append(spk.name)
     return {"x": np.stack(xs).astype(np.float32), "speaker": np.array(speakers)}
+
+
+@pytest.fixture(scope="session")
+def write_wav():
+    """``write_wav(path, audio, rate)``: ``(frames,)`` or ``(frames, channels)`` float audio as a
+    16-bit PCM WAV; returns the path."""
+
+    def write(path: Path, audio: np.ndarray, rate: int) -> Path:
+        x = audio if audio.ndim == 2 else audio[:, None]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(x.shape[1])
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+        return path
+
+    return write

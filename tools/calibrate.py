@@ -16,6 +16,7 @@ certified accuracy are measured on the same windows.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from avsentry.pipelines.detection import Detector, DetectorConfig, WindowVerdict, calibrate_threshold
 from avsentry.pipelines.recognizers import load_recognizer, read_manifest
+from avsentry.pipelines.scoring import ConformalCombination, MaxDistance
 from avsentry.pipelines.types import Certified, Prediction
 from avsentry.tools import augment, synth
 from avsentry.tools.heldout import heldout_windows
@@ -59,6 +61,17 @@ def calibration_windows(clips: synth.ClipSet, *, seed: int = 7) -> dict[str, np.
     )
     first_half = np.where(clean["voice"] == "background", np.arange(n) % 2 == 0, by_clip)
     data["calibration"] = np.concatenate([first_half, first_half])
+    # Within the calibration half, a quarter of the clips (by another bit of the same hash) is the
+    # reference of conformal scoring; the threshold is set on the rest, so it is calibrated on
+    # windows the score was not fitted to.
+    second_bit = np.array(
+        [
+            (int(hashlib.sha256(f"{v}\0{t}".encode()).hexdigest(), 16) >> 1) % 2 == 0
+            for v, t in zip(clean["voice"], clean["text"], strict=True)
+        ]
+    )
+    reference = first_half & np.where(clean["voice"] == "background", np.arange(n) % 4 == 0, second_bit)
+    data["reference"] = np.concatenate([reference, reference])
     return data
 
 
@@ -79,16 +92,15 @@ def fpr_upper(k: int, n: int, level: float = 0.95) -> float:
 
 
 def summarize(
-    verdicts: list[WindowVerdict],
+    scores: np.ndarray,
     data: dict[str, np.ndarray],
     threshold: float,
     mask: np.ndarray,
     labels: tuple[str, ...],
 ) -> dict:
-    """FPR on ``mask`` windows (overall and by group) and accuracy of each defended path."""
-    scores = np.array([v.score for v in verdicts])
+    """FPR of per-window ``scores`` on ``mask`` windows (overall, by group, source, condition)."""
     group = groups(data["y"], labels, data["engine"])
-    fp = scores > threshold
+    fp = ~(scores <= threshold)  # a NaN score is flagged
     rep: dict = {"n": int(mask.sum()), "false_positives": int(fp[mask].sum())}
     rep["fpr"] = float(fp[mask].mean())
     rep["fpr_upper95"] = fpr_upper(int(fp[mask].sum()), int(mask.sum()))
@@ -151,12 +163,16 @@ def calibrate(
     target_fpr: float,
     confidence: float | None = DEFAULT_CONFIDENCE,
     device: str,
+    scoring: str = "conformal",
     progress: bool = True,
 ) -> dict:
     """Calibrate ``cfg`` for the model at ``card_path``; updates and returns the card.
 
     ``confidence``: probability, over calibration sets, that each group's FPR stays at or under
-    ``target_fpr`` (None: only its expectation does).
+    ``target_fpr`` (None: only its expectation does). ``scoring``: ``"conformal"`` fits the
+    reference of :class:`~avsentry.pipelines.scoring.ConformalCombination` on a quarter of the
+    held-out clips and sets the threshold on another quarter; ``"max"`` scores by the largest
+    distance and sets the threshold on the whole calibration half.
     """
     manifest = read_manifest(card_path)
     rec = load_recognizer(card_path, backend="torch", device=device)
@@ -167,8 +183,26 @@ def calibrate(
     )
     verdicts = score_windows(detector, data["x"], progress=progress)
     cal = data["calibration"]
+    if scoring == "conformal":
+        ref = data["reference"]
+        names = [o.name for o in verdicts[0].defended]
+        dist = np.array([[o.distance for o in v.defended] for v in verdicts])
+        fitted = ConformalCombination.fit({n: dist[ref, j] for j, n in enumerate(names)})
+        cfg = dataclasses.replace(cfg, scoring=fitted)
+        scores = np.array(
+            [
+                fitted.score(dict(zip(names, row, strict=True))) if np.isfinite(row).all() else np.nan
+                for row in dist
+            ]
+        )
+        cal = cal & ~ref
+    elif scoring == "max":
+        cfg = dataclasses.replace(cfg, scoring=MaxDistance())
+        scores = np.array([v.score for v in verdicts])
+    else:
+        raise ValueError(f"scoring must be 'max' or 'conformal', got {scoring!r}")
     threshold, per_group = calibrate_threshold_for(
-        verdicts,
+        scores,
         cal,
         target_fpr,
         groups(data["y"], manifest.spec.labels, data["engine"]),
@@ -181,7 +215,7 @@ def calibrate(
                 f"target; its threshold is its largest score ({v['guarantee']})",
                 file=sys.stderr,
             )
-    test = summarize(verdicts, data, threshold, ~cal, manifest.spec.labels)
+    test = summarize(scores, data, threshold, ~data["calibration"], manifest.spec.labels)
     card = json.loads(card_path.read_text(encoding="utf-8"))
     card["detector"] = {
         "config": cfg.fingerprint(),
@@ -193,7 +227,12 @@ def calibrate(
         "calibration_windows": int(cal.sum()),
         "calibration_by_group": per_group,
         "test": test,
-        "method": "group-conditional, training-conditional split conformal (Vovk 2012) on held-out "
+        "method": (
+            "conformal scoring (pipelines/scoring.py) fitted on a quarter of the held-out clips, "
+            if scoring == "conformal"
+            else ""
+        )
+        + "group-conditional, training-conditional split conformal (Vovk 2012) on held-out "
         "clean windows (clean + degraded): per group (digits, synthetic other speech, real speech of "
         "held-out people, background) the "
         "smallest order statistic of the calibration scores whose FPR exceeds the "
@@ -202,6 +241,8 @@ def calibrate(
         "(split by a hash of voice and text); the largest of the four kept; FPR measured on the "
         "other half",
     }
+    if isinstance(cfg.scoring, ConformalCombination):
+        card["detector"]["scoring"] = cfg.scoring.to_dict()
     card["defended_accuracy"] = {
         "windows": int(len(data["y"])),
         "note": "held-out voices, clean + degraded windows, all classes",
@@ -222,7 +263,7 @@ def groups(y: np.ndarray, labels: tuple[str, ...], engine: np.ndarray) -> np.nda
 
 
 def calibrate_threshold_for(
-    verdicts: list[WindowVerdict],
+    scores: np.ndarray,
     mask: np.ndarray,
     target_fpr: float,
     group: np.ndarray,
@@ -240,7 +281,6 @@ def calibrate_threshold_for(
     whose expected FPR is <= ``1/(m+1)``. Returns the threshold and, per group, its window count,
     threshold and the guarantee it got.
     """
-    scores = np.array([v.score for v in verdicts])
     per_group: dict[str, dict] = {}
     for g in np.unique(group[mask]):
         s = scores[mask & (group == g)]
@@ -274,6 +314,7 @@ def run_cli(args: argparse.Namespace, cfg: DetectorConfig) -> int:
         target_fpr=args.target_fpr,
         confidence=args.confidence or None,
         device=args.device,
+        scoring=args.scoring,
         progress=not args.quiet,
     )
     d = card["detector"]

@@ -16,7 +16,7 @@ import numpy as np
 
 from avsentry.pipelines.recognizers import DifferentiableRecognizer, load_recognizer, read_manifest
 from avsentry.tools import augment, synth
-from avsentry.tools.attacks import PGD
+from avsentry.tools.attacks import PGD, Budget
 
 
 def write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
@@ -36,7 +36,9 @@ def make(out_dir: Path, *, eps: float = 0.004, word: str = "seven", target: str 
     (clip,) = synth.synthesize([utt], progress=False)
     x = augment.place(np.random.default_rng(3), clip / np.abs(clip).max() * 0.5, speed=False)[None]
     tgt = np.array([labels.index(target)])
-    res = PGD(eps=eps, steps=100).run(model, x, np.array([labels.index(word)]), target=tgt, seed=0)
+    res = PGD(budget=Budget(norm="linf", eps=eps), steps=100).run(
+        model, x, np.array([labels.index(word)]), target=tgt, seed=0
+    )
     adv = np.round(res.adversarial * 32767) / 32767  # what the 16-bit file will hold
     got = labels[int(model.predict(adv.astype(np.float32)).argmax())]
     if got != target:

@@ -4,7 +4,7 @@
 #     installed with apt-get only when missing;
 #   - a virtual environment in .venv with the package installed in editable mode;
 #   - on a host where nvidia-smi sees a GPU, onnxruntime-gpu in place of onnxruntime.
-# Usage: tools/setup.sh [--dev]     (--dev adds pytest, ruff, mypy and grpcio-tools)
+# Usage: tools/setup.sh [--dev]     (--dev adds pytest, ruff, mypy, grpcio-tools and IBM ART)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,8 +48,8 @@ fi
   || { echo "setup: Python >= 3.11 needed, $python is $("$python" -V 2>&1)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-extras="[train]"
-[ "$dev" -eq 1 ] && extras="[train,dev]"
+extras="[train,eval]"
+[ "$dev" -eq 1 ] && extras="[train,eval,art,dev]"
 .venv/bin/python -m pip install -q -e ".${extras}"
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   # Both wheels provide the module `onnxruntime`; the package depends on the CPU one, so on a GPU

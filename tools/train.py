@@ -32,9 +32,11 @@ from avsentry.pipelines.recognizers.digitnet import DigitNet, DigitNetConfig
 from avsentry.pipelines.recognizers.onnx_backend import OnnxRecognizer
 from avsentry.pipelines.types import ModelSpec
 from avsentry.tools import augment, realspeech, speecheval, synth
+from avsentry.tools.attacks.base import Budget, normalized_step, project, random_start
 from avsentry.tools.heldout import heldout_windows
 
 WINDOW = synth.SAMPLE_RATE_HZ
+ADVERSARIAL_KINDS = ("none", "fgsm", "pgd")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +71,20 @@ class TrainConfig:
     )
     # Share of speech windows with fragments of other words at the edges (connected speech).
     context_prob: float = 0.35
+    # Adversarial training (tools.attacks on the waveform, through the feature front end):
+    # "fgsm" is Goodfellow et al.'s mixed loss alpha*J(x) + (1-alpha)*J(x + eps*sign(grad J)) as
+    # used by Sallo et al. for speech commands, "pgd" Madry et al.'s with adv_steps steps from a
+    # random start; eps per window adv_snr_db under its RMS (L-inf).
+    adversarial: str = "none"
+    adv_alpha: float = 0.5
+    adv_snr_db: float = 30.0
+    adv_steps: int = 3
+    # Gaussian noise on the waveform (sigma drawn up to this, p=waveform_noise_prob): a base
+    # classifier for waveform-domain randomized smoothing (certified detection), Cohen et al.
+    waveform_noise_sigma: float = 0.0
+    waveform_noise_prob: float = 0.5
+    # Fine-tune from these weights (a model.pt of the same architecture) instead of from scratch.
+    init: str | None = None
     seed: int = 0
     device: str = "cpu"
 
@@ -79,6 +95,12 @@ class TrainConfig:
             raise ValueError("time_stretch must be >= 1 (1 disables it)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("ema_decay must be in [0, 1) (0 disables the weight average)")
+        if self.adversarial not in ADVERSARIAL_KINDS:
+            raise ValueError(f"adversarial must be one of {ADVERSARIAL_KINDS}, got {self.adversarial!r}")
+        if not 0.0 <= self.adv_alpha <= 1.0 or self.adv_steps < 1:
+            raise ValueError("adv_alpha must be in [0, 1] and adv_steps >= 1")
+        if self.waveform_noise_sigma < 0 or not 0 <= self.waveform_noise_prob <= 1:
+            raise ValueError("waveform_noise_sigma must be >= 0 and waveform_noise_prob in [0, 1]")
 
 
 class BatchSampler:
@@ -259,6 +281,35 @@ def format_speech_evaluation(ev: dict) -> list[str]:
     return lines
 
 
+def adversarial_batch(
+    model: DigitNet, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
+) -> torch.Tensor:
+    """Adversarial versions of a training batch (``cfg.adversarial``): FGSM, one step of ``eps``
+    along ``sign(grad)``; PGD, ``cfg.adv_steps`` steps of ``2.5 eps / steps`` from a random start,
+    projected. ``eps`` per window ``cfg.adv_snr_db`` under its RMS. BatchNorm runs in eval mode
+    here so attacks do not move its statistics."""
+    budget = Budget(norm="linf", snr_db=cfg.adv_snr_db)
+    eps = torch.as_tensor(budget.per_item(x.detach().cpu().numpy()), device=x.device)
+    was_training = model.training
+    model.eval()
+    try:
+        if cfg.adversarial == "fgsm":
+            delta = torch.zeros_like(x)
+            steps, step = 1, eps
+        else:
+            delta = random_start(x.shape, eps.cpu(), "linf", gen).to(x.device)
+            steps, step = cfg.adv_steps, eps * 2.5 / cfg.adv_steps
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model(x + delta), y)
+            (grad,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                delta = project(delta + step[:, None] * normalized_step(grad, "linf"), eps, "linf")
+        return (x + delta).clamp(-1.0, 1.0).detach()
+    finally:
+        model.train(was_training)
+
+
 def fit_normalisation(model: DigitNet, sampler: BatchSampler, n: int = 2048) -> None:
     """Set per-mel-bin mean/std of log energies from ``n`` augmented training windows."""
     x, _ = sampler.windows(n)
@@ -376,7 +427,10 @@ def train(
         context_prob=cfg.context_prob,
     )
     model = DigitNet(model_config or DigitNetConfig(n_classes=len(synth.LABELS)))
-    fit_normalisation(model, sampler)
+    if cfg.init is not None:
+        model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True))
+    else:
+        fit_normalisation(model, sampler)
     model.to(cfg.device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
@@ -389,13 +443,25 @@ def train(
             xb, yb = next(batches)
             x = torch.from_numpy(xb).to(cfg.device)
             y = torch.from_numpy(yb).to(cfg.device)
+            if cfg.waveform_noise_sigma > 0:
+                on = torch.rand(len(x), 1, generator=gen).to(cfg.device) < cfg.waveform_noise_prob
+                sigma = torch.rand(len(x), 1, generator=gen).to(cfg.device) * cfg.waveform_noise_sigma
+                x = torch.where(on, x + sigma * torch.randn(x.shape, generator=gen).to(cfg.device), x)
+            n_clean = len(x)
+            if cfg.adversarial != "none":
+                x = torch.cat([x, adversarial_batch(model, x, y, cfg, gen)])
+                y = torch.cat([y, y])
             mag = freq_warp(model.magnitude(x), cfg.freq_warp, gen)
             mag = spectral_tilt(time_stretch(mag, cfg.time_stretch, gen), cfg.tilt_db, gen)
             f = spec_augment(model.logmel_from_magnitude(mag), gen)
             noisy = torch.rand(len(f), 1, 1, generator=gen).to(cfg.device) < cfg.feature_noise_prob
             noise = torch.randn(f.shape, generator=gen).to(cfg.device) * cfg.feature_noise_sigma
             f = torch.where(noisy, f + noise, f)
-            loss = F.cross_entropy(model.classify(f), y, label_smoothing=cfg.label_smoothing)
+            per = F.cross_entropy(model.classify(f), y, label_smoothing=cfg.label_smoothing, reduction="none")
+            if cfg.adversarial != "none":
+                loss = cfg.adv_alpha * per[:n_clean].mean() + (1 - cfg.adv_alpha) * per[n_clean:].mean()
+            else:
+                loss = per.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -631,7 +697,17 @@ def run_cli(args) -> int:  # noqa: ANN001 - argparse namespace from avsentry.str
     from avsentry.tools.calibrate import calibrate
 
     device = str(resolve_device(args.device))
-    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+    given = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "adversarial": args.adversarial,
+        "adv_alpha": args.adv_alpha,
+        "adv_snr_db": args.adv_snr_db,
+        "adv_steps": args.adv_steps,
+        "waveform_noise_sigma": args.waveform_noise_sigma,
+        "init": None if args.init is None else str(args.init),
+    }
     cfg = TrainConfig(seed=args.seed, device=device, **{k: v for k, v in given.items() if v is not None})
     card = run(
         data=args.data,

@@ -18,7 +18,7 @@ from avsentry.pipelines.smoothing import SmoothingConfig
 from avsentry.pipelines.types import ModelSpec
 from avsentry.pipelines.windowing import frame
 from avsentry.tools import synth
-from avsentry.tools.attacks import PGD
+from avsentry.tools.attacks import PGD, Budget
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,9 @@ def test_pgd_examples_fool_the_model_and_are_flagged(detector, model_torch, held
     pick = np.flatnonzero(y < 10)[::2][:20]
     x = heldout_speech["x"][pick]
     peak = np.abs(x).max(axis=1, keepdims=True)
-    res = PGD(eps=0.5 * 10 ** (-40 / 20), steps=40).run(model_torch, x / peak * 0.5, y[pick], seed=0)
+    res = PGD(budget=Budget(norm="linf", eps=0.5 * 10 ** (-40 / 20)), steps=40).run(
+        model_torch, x / peak * 0.5, y[pick], seed=0
+    )
     assert res.success.mean() >= 0.9
     verdicts = detector.analyze(res.adversarial / 0.5 * peak)
     flagged = np.array([v.flagged for v in verdicts])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -114,20 +113,3 @@ def certs(tmp_path_factory) -> dict[str, Path]:
             f"{who}.ext",
         )
     return {name: d / name for name in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
-
-
-@pytest.fixture(scope="session")
-def write_wav():
-    """``write_wav(path, audio, rate)``: ``(frames,)`` or ``(frames, channels)`` float audio as a
-    16-bit PCM WAV; returns the path."""
-
-    def write(path: Path, audio: np.ndarray, rate: int) -> Path:
-        x = audio if audio.ndim == 2 else audio[:, None]
-        with wave.open(str(path), "wb") as w:
-            w.setnchannels(x.shape[1])
-            w.setsampwidth(2)
-            w.setframerate(rate)
-            w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
-        return path
-
-    return write

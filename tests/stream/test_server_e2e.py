@@ -19,7 +19,7 @@ from avsentry.stream.client import GuardClient, make_config
 from avsentry.stream.commands import local_server
 from avsentry.stream.config import ServerConfig
 from avsentry.tools import synth
-from avsentry.tools.attacks import PGD
+from avsentry.tools.attacks import PGD, Budget
 
 DIGITS = set(synth.DIGITS)
 
@@ -77,7 +77,9 @@ def test_adversarial_file_is_flagged(chunks_of, client, model_torch, heldout_spe
     i = int(np.flatnonzero(y == synth.LABELS.index("seven"))[0])
     x = heldout_speech["x"][i : i + 1] / np.abs(heldout_speech["x"][i]).max() * 0.5
     target = np.array([synth.LABELS.index("two")])
-    res = PGD(eps=0.005, steps=100).run(model_torch, x, y[i : i + 1], target=target, seed=0)
+    res = PGD(budget=Budget(norm="linf", eps=0.005), steps=100).run(
+        model_torch, x, y[i : i + 1], target=target, seed=0
+    )
     assert res.success[0]
     adv = np.round(res.adversarial[0] * 32767) / 32767  # as a 16-bit file holds it
     (v,) = client.stream(chunks_of(adv.astype(np.float32)), sample_rate_hz=16000)
