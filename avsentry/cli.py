@@ -618,11 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--scoring",
-        choices=("conformal", "max"),
-        default="conformal",
-        help="how distances become the score: conformal (each defence's distance and the largest "
-        "one as p-values against clean reference windows, Fisher-combined) or max (the largest "
-        "distance) (default: conformal)",
+        choices=("max", "conformal"),
+        default="max",
+        help="how distances become the score: max (the largest distance) or conformal (each "
+        "defence's distance and the largest one as p-values against clean reference windows, "
+        "Fisher-combined; README, 'Evaluation of the default model') (default: max)",
     )
     p.add_argument(
         "--confidence",

@@ -100,10 +100,11 @@ class ConformalCombination:
         return {"kind": self.kind, "outputs": list(self.outputs), "m": len(self._sorted["max"])}
 
     def to_dict(self) -> dict[str, Any]:
-        """The card form: ``{"kind": "conformal", "reference": {name: [sorted floats]}}``."""
+        """The card form: ``{"kind": "conformal", "reference": {name: "v1 v2 ..."}}``, each
+        output's sorted reference values as one string of 5-digit numbers (a readable card)."""
         return {
             "kind": self.kind,
-            "reference": {k: [round(float(v), 6) for v in a] for k, a in self._sorted.items()},
+            "reference": {k: " ".join(f"{v:.5g}" for v in a) for k, a in self._sorted.items()},
         }
 
 
@@ -125,4 +126,11 @@ def scoring_from_card(section: Mapping[str, Any] | None) -> MaxDistance | Confor
         return MaxDistance()
     if section.get("kind") != "conformal":
         raise ValueError(f"unknown scoring kind {section.get('kind')!r}; known: {', '.join(SCORINGS)}")
-    return ConformalCombination(reference={k: np.asarray(v) for k, v in section["reference"].items()})
+    return ConformalCombination(
+        reference={
+            k: np.array(v.split(), dtype=np.float64)
+            if isinstance(v, str)
+            else np.asarray(v, dtype=np.float64)
+            for k, v in section["reference"].items()
+        }
+    )

@@ -163,7 +163,7 @@ def calibrate(
     target_fpr: float,
     confidence: float | None = DEFAULT_CONFIDENCE,
     device: str,
-    scoring: str = "conformal",
+    scoring: str = "max",
     progress: bool = True,
 ) -> dict:
     """Calibrate ``cfg`` for the model at ``card_path``; updates and returns the card.
