@@ -13,9 +13,7 @@ def test_groups_too_small_for_the_confidence_fall_back_to_plain_conformal() -> N
     speech, background = gen.exponential(size=1000), gen.exponential(size=150) * 0.1
     scores = np.concatenate([speech, background])
     group = np.array(["digits"] * 1000 + ["background"] * 150)
-    thr, per_group = calibrate_threshold_for(
-        scores, np.ones(len(group), bool), 0.01, group, confidence=0.95
-    )
+    thr, per_group = calibrate_threshold_for(scores, np.ones(len(group), bool), 0.01, group, confidence=0.95)
     assert per_group["digits"]["guarantee"] == "P(FPR > target) <= 5%"
     assert per_group["background"]["guarantee"] == "expected FPR <= target"
     assert per_group["background"]["threshold"] == calibrate_threshold(background, 0.01)
