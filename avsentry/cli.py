@@ -884,13 +884,21 @@ def _calibrate(args: argparse.Namespace) -> int:
     return run_cli(args, cfg)
 
 
-def _attack(args: argparse.Namespace) -> int:
+def _offline_detector(args: argparse.Namespace) -> Any:
+    """``attack`` and ``evaluate``: the model's calibrated detector here, with the detector flags
+    applied and the service's default noise seed (0)."""
     from avsentry.stream.offline import detector_from_args
-    from avsentry.tools.attackgen import run_cli
 
     _resolve_local_model(args)
     args.noise_seed = 0
     detector, _ = detector_from_args(args)
+    return detector
+
+
+def _attack(args: argparse.Namespace) -> int:
+    from avsentry.tools.attackgen import run_cli
+
+    detector = _offline_detector(args)
     oracle = None
     if args.server:
         from avsentry.stream.client import GuardClient
@@ -901,12 +909,9 @@ def _attack(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from avsentry.stream.offline import detector_from_args
     from avsentry.tools.evaluate import run_cli
 
-    _resolve_local_model(args)
-    args.noise_seed = 0
-    detector, calibrated = detector_from_args(args)
+    detector = _offline_detector(args)
     guard = None
     if args.server:
         from avsentry.stream.client import GuardClient
