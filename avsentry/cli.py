@@ -31,7 +31,7 @@ from typing import Any
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
 DEFAULT_SERVER = "127.0.0.1:50051"
-REPRESENTATIONS = ("waveform", "spectrogram", "logmel")
+REPRESENTATIONS = ("waveform", "waveform_rms", "spectrogram", "logmel")
 
 
 class CliError(Exception):
@@ -101,6 +101,13 @@ def positive_float(text: str) -> float:
     value = non_negative_float(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def probability(text: str) -> float:
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
     return value
 
 
@@ -176,7 +183,9 @@ def detector_options(*, hop: bool = True) -> argparse.ArgumentParser:
         "--representation",
         choices=REPRESENTATIONS,
         default=None,
-        help="randomized smoothing: where the noise is added (default: the card's, logmel)",
+        help="randomized smoothing: where the noise is added; waveform_rms is the waveform "
+        "divided by its RMS, so --sigma is relative to the window (1 = noise as loud as it) "
+        "(default: the card's, logmel)",
     )
     g.add_argument(
         "--no-smoothing",
@@ -218,6 +227,26 @@ def offline_detector_options() -> argparse.ArgumentParser:
         type=positive_float,
         default=None,
         help="randomized smoothing: test and bound failure probability (default: the card's, 0.05)",
+    )
+    g.add_argument(
+        "--certified-detection",
+        nargs="?",
+        const=True,
+        type=probability,
+        default=None,
+        metavar="P_MIN",
+        help="also flag every window whose raw label holds under the smoothing noise with a "
+        "probability bound under P_MIN (default 0.5, or the card's; calibrate lowers it until the "
+        "rule flags at most half the target rate); a window that passes reports the SNR down to "
+        "which no perturbation could have changed its label unflagged (use a waveform "
+        "representation, e.g. --representation waveform_rms) (default: the card's)",
+    )
+    g.add_argument(
+        "--no-certified-detection",
+        dest="certified_detection",
+        action="store_const",
+        const=False,
+        help="turn certified detection off (default: the card's)",
     )
     g.add_argument(
         "--noise-seed",
@@ -580,8 +609,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--waveform-noise-sigma",
         type=float,
         default=None,
-        help="Gaussian noise on half the training waveforms, sigma drawn up to this: a base "
-        "classifier for waveform smoothing and certified detection (default: 0, off)",
+        help="Gaussian noise on a share (--waveform-noise-prob) of the training windows, relative "
+        "to each window's RMS (the waveform_rms smoothing representation; 1.0 is noise as loud as "
+        "the speech), sigma drawn uniformly up to this: a base classifier for waveform_rms "
+        "smoothing and certified detection (default: 0, off)",
+    )
+    g.add_argument(
+        "--waveform-noise-prob",
+        type=float,
+        default=None,
+        help="share of training windows that get the waveform noise (default: 0.5)",
     )
     g.add_argument(
         "--init",

@@ -44,6 +44,11 @@ from avsentry.pipelines.smoothing import (
     SmoothingConfig,
     certify_from_counts,
     count_votes,
+    detection_radius,
+    encode,
+    guaranteed_snr_db,
+    lower_confidence_bound,
+    offered_representations,
     predict_from_counts,
     sample_votes,
 )
@@ -57,6 +62,7 @@ from avsentry.pipelines.transforms import (
 from avsentry.pipelines.types import Abstain, Certified, Prediction
 
 DEFAULT_TRANSFORMS = ("mp3", "opus", "aac", "noise")
+UNCERTIFIED_REASON = "not certified"  # how a verdict's reasons begin when certified detection flags
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +78,16 @@ class DetectorConfig:
         seed: Base seed for transform and smoothing randomness.
         scoring: How distances become the score (:mod:`~avsentry.pipelines.scoring`); the
             threshold is on its scale.
+        certified: Certified detection (needs ``smoothing``), ``None`` for off, else ``p_min``:
+            also flag every window whose raw label gets a noisy-vote probability whose lower
+            confidence bound (all ``n`` votes, Clopper-Pearson at ``alpha``) is under ``p_min``.
+            Then no perturbation smaller than
+            :func:`~avsentry.pipelines.smoothing.detection_radius` (``guaranteed_snr_db`` in a
+            waveform representation) can change the raw label of a clean window without being
+            flagged. ``0.5`` is the classic certificate (Cohen et al.); a smaller ``p_min``
+            flags fewer clean windows for a smaller radius (``calibrate`` picks it). The
+            smoothing output then leaves the distance score (it acts through the rule), and the
+            threshold is calibrated for the union of both.
     """
 
     transforms: tuple[str, ...] = DEFAULT_TRANSFORMS
@@ -79,6 +95,7 @@ class DetectorConfig:
     threshold: float | None = None
     seed: int = 0
     scoring: MaxDistance | ConformalCombination = field(default_factory=MaxDistance)
+    certified: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.transforms, str):
@@ -92,6 +109,11 @@ class DetectorConfig:
                 f"smoothing n0 ({self.smoothing.n0}) must be < n ({self.smoothing.n}): the first n0 "
                 "copies select the class and the rest certify it"
             )
+        if self.certified is not None:
+            if isinstance(self.certified, bool) or not 0 < float(self.certified) < 1:
+                raise ValueError(f"certified (p_min) must be in (0, 1) or None, got {self.certified!r}")
+            if self.smoothing is None:
+                raise ValueError("certified detection needs smoothing (the noisy votes are its rule)")
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ValueError("threshold must be finite")
         if self.seed < 0:
@@ -105,7 +127,9 @@ class DetectorConfig:
             detector: The card's ``detector`` section (``None`` if the model is uncalibrated).
             overrides: Any of ``transforms`` (sequence of specs), ``n``, ``n0``, ``sigma``,
                 ``representation``, ``alpha``, ``smoothing`` (``False`` disables it),
-                ``threshold``, ``seed``, ``scoring`` (``"max"`` drops the card's conformal scoring);
+                ``threshold``, ``seed``, ``scoring`` (``"max"`` drops the card's conformal scoring),
+                ``certified`` (``p_min`` of certified detection, ``True`` for the card's or 0.5,
+                ``False`` for off);
             ``None`` values are ignored.
 
         Returns:
@@ -125,6 +149,7 @@ class DetectorConfig:
             "threshold",
             "seed",
             "scoring",
+            "certified",
         }
         if unknown:
             raise TypeError(f"unknown overrides: {sorted(unknown)}")
@@ -143,7 +168,18 @@ class DetectorConfig:
         if o.get("scoring") not in (None, "max", "card"):
             raise ValueError(f"scoring override must be 'max' or 'card', got {o['scoring']!r}")
         scoring = MaxDistance() if o.get("scoring") == "max" else scoring_from_card(detector.get("scoring"))
-        cfg = cls(transforms=transforms, smoothing=smoothing, seed=int(o.get("seed", 0)), scoring=scoring)  # type: ignore[call-overload]
+        stored_p = (fp.get("certified") or {}).get("p_min")
+        wanted = o.get("certified", stored_p is not None)
+        certified = None
+        if wanted is not False and smoothing is not None:
+            certified = float(stored_p or 0.5) if wanted is True else float(wanted)
+        cfg = cls(
+            transforms=transforms,
+            smoothing=smoothing,
+            seed=int(o.get("seed", 0)),  # type: ignore[call-overload]
+            scoring=scoring,
+            certified=certified,
+        )
         threshold = o.get("threshold", detector.get("threshold"))
         # literal comparison: the card stores canonical specs; a spec missing a parameter added
         # since (whose default may differ from what was calibrated) does not count as calibrated
@@ -156,6 +192,7 @@ class DetectorConfig:
             smoothing=cfg.smoothing,
             seed=cfg.seed,
             scoring=cfg.scoring,
+            certified=cfg.certified,
             threshold=None if threshold is None else float(threshold),
         )  # type: ignore[arg-type]
         return cfg, calibrated
@@ -165,8 +202,10 @@ class DetectorConfig:
         specs in canonical form."""
         s = self.smoothing
         scoring = {} if self.scoring.kind == "max" else {"scoring": self.scoring.fingerprint()}
+        certified = {} if self.certified is None else {"certified": {"p_min": self.certified}}
         return {
             **scoring,
+            **certified,
             "transforms": list(self.transforms),
             "smoothing": None
             if s is None
@@ -199,6 +238,15 @@ class WindowVerdict:
         defended: One entry per transform, plus ``"smoothing"`` (mean noisy softmax).
         smoothed: PREDICT outcome over all ``n`` votes (``None`` without smoothing).
         certificate: CERTIFY outcome (``Certified`` with radius, or ``Abstain``).
+        raw_p_lower: Lower confidence bound on the raw label's share of the ``n`` noisy votes
+            (``None`` without smoothing).
+        guaranteed_snr_db: When the noise is in a waveform representation (``waveform``,
+            ``waveform_rms``) and :func:`~avsentry.pipelines.smoothing.detection_radius` is
+            positive (at the config's ``p_min``, or 0.5 with certified detection off): the
+            signal-to-perturbation ratio (dB, relative to this window) above which no
+            perturbation could have turned a clean window with another passing raw label into
+            this one (:func:`~avsentry.pipelines.smoothing.guaranteed_snr_db`). ``None``
+            otherwise.
         score: The config's scoring of the raw-vs-defended L1 distances: the largest distance,
             in [0, 2] (``max``), or ``-log10`` of a conformal p-value (``conformal``; see
             :mod:`~avsentry.pipelines.scoring`); ``nan`` (or ``inf``) when a softmax was not
@@ -216,6 +264,8 @@ class WindowVerdict:
     score: float
     flagged: bool
     reasons: tuple[str, ...]
+    raw_p_lower: float | None = None
+    guaranteed_snr_db: float | None = None
 
 
 class StreamState:
@@ -318,10 +368,10 @@ class Detector:
             transform_from_spec(spec, sample_rate_hz=rate) for spec in self.config.transforms
         ]
         s = self.config.smoothing
-        if s is not None and s.representation not in recognizer.representations:
+        if s is not None and s.representation not in offered_representations(recognizer):
             raise ValueError(
                 f"smoothing representation {s.representation!r} is not offered by model "
-                f"{recognizer.spec.name!r} (offers {recognizer.representations})"
+                f"{recognizer.spec.name!r} (offers {offered_representations(recognizer)})"
             )
         window = recognizer.spec.window_samples
         self._parts_per_window = sum(
@@ -411,12 +461,14 @@ class Detector:
         }
         smoothed: list = [None] * len(x)
         certs: list = [None] * len(x)
+        votes: list = [None] * len(x)
         mean_probs = None
         s = self.config.smoothing
         if s is not None:
             sel, est, mean_probs = self.smooth(x, keys)
             smoothed = [predict_from_counts(a + b, s.alpha) for a, b in zip(sel, est, strict=True)]
             certs = [certify_from_counts(a, b, s.alpha, s.sigma) for a, b in zip(sel, est, strict=True)]
+            votes = list(sel + est)
         for j, futures in parts.items():
             copies[j] = np.stack([np.concatenate([f.result() for f in row]) for row in futures])
         defended: list[tuple[str, np.ndarray]] = []
@@ -426,7 +478,11 @@ class Detector:
                 defended.append((t.name, probs[j * len(x) : (j + 1) * len(x)]))
         if mean_probs is not None:
             defended.append(("smoothing", mean_probs))
-        return [self._verdict(i, raw[i], defended, smoothed[i], certs[i]) for i in range(len(x))]
+        norms = np.linalg.norm(x.astype(np.float64), axis=1)
+        return [
+            self._verdict(i, raw[i], defended, smoothed[i], certs[i], votes[i], float(norms[i]))
+            for i in range(len(x))
+        ]
 
     def _submit_parts(
         self,
@@ -499,7 +555,7 @@ class Detector:
         s = self.config.smoothing
         assert s is not None
         rec = self.recognizer
-        z = rec.encode(torch.from_numpy(x).to(rec.device), s.representation)
+        z = encode(rec, torch.from_numpy(x).to(rec.device), s.representation)
         votes, mean = sample_votes(rec, z, s.n, s, self._generators(keys))
         n_classes = len(rec.spec.labels)
         sel = count_votes(votes[:, : s.n0], n_classes)
@@ -513,6 +569,8 @@ class Detector:
         defended: list[tuple[str, np.ndarray]],
         smoothed: Prediction | Abstain | None,
         cert: Certified | Abstain | None,
+        votes: np.ndarray | None,
+        norm: float,
     ) -> WindowVerdict:
         labels = self.recognizer.spec.labels
         raw_label = int(np.argmax(raw))
@@ -531,21 +589,40 @@ class Detector:
             )
             if label != raw_label:
                 reasons.append(f"{name} says {labels[label]}")
-        distances = np.array([o.distance for o in outs] or [0.0])
+        # with certified detection, smoothing acts through its rule, not through the score
+        scored = [o for o in outs if not (self.config.certified and o.name == "smoothing")]
+        distances = np.array([o.distance for o in scored] or [0.0])
         finite = bool(np.isfinite(raw).all() and np.isfinite(distances).all())
         if finite:
-            score = self.config.scoring.score({o.name: o.distance for o in outs})
+            score = self.config.scoring.score({o.name: o.distance for o in scored})
         else:  # max() would depend on where the NaN sits
             score = float("nan") if np.isnan(distances).any() or np.isnan(raw).any() else float("inf")
         thr = self.config.threshold
-        flagged = not finite or (thr is not None and score > thr)
+        over = thr is not None and score > thr
+        s = self.config.smoothing
+        p_min = self.config.certified
+        p_lower = snr_db = None
+        if s is not None and votes is not None:
+            p_lower = lower_confidence_bound(int(votes[raw_label]), int(votes.sum()), s.alpha)
+            radius = detection_radius(p_lower, s.sigma, 0.5 if p_min is None else p_min)
+            if radius > 0:
+                window = self.recognizer.spec.window_samples
+                snr_db = guaranteed_snr_db(norm, radius, s.representation, window)
+        uncertified = p_min is not None and (p_lower is None or p_lower < p_min)
+        flagged = not finite or over or uncertified
         if isinstance(smoothed, Abstain):
             reasons.append("smoothing abstained")
         elif isinstance(smoothed, Prediction) and smoothed.label != raw_label:
             reasons.append(f"smoothed vote says {labels[smoothed.label]}")
+        if uncertified:
+            reasons.insert(
+                0,
+                f"{UNCERTIFIED_REASON}: {labels[raw_label]} holds under noise with p >= {p_lower or 0:.2f}, "
+                f"under {p_min:g}",
+            )
         if not finite:
             reasons.insert(0, "non-finite score")
-        elif flagged:
+        elif over:
             reasons.insert(0, f"score {score:.3f} > threshold {thr:.3f}")
         return WindowVerdict(
             raw_label=raw_label,
@@ -557,6 +634,8 @@ class Detector:
             score=score,
             flagged=flagged,
             reasons=tuple(reasons),
+            raw_p_lower=p_lower,
+            guaranteed_snr_db=snr_db,
         )
 
 

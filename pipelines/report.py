@@ -32,7 +32,10 @@ class DefendedRecord:
 class SmoothedRecord:
     """Randomized smoothing: PREDICT (``label``/``abstain``, ``counts``, ``p_value``) and CERTIFY
     (``certified_label``, empty when it abstained; ``radius`` in the noise representation's units;
-    ``p_lower``)."""
+    ``p_lower``; certified detection: ``raw_p_lower``, the lower bound on the raw label's share of
+    the noisy votes, and ``guaranteed_snr_db``, the SNR in dB down to which no perturbation could
+    have turned a clean window with another passing raw label into this one, when the noise is in
+    a waveform representation and the bound is high enough, else ``None``)."""
 
     label: str = ""
     abstain: bool = False
@@ -41,6 +44,8 @@ class SmoothedRecord:
     certified_label: str = ""
     radius: float = 0.0
     p_lower: float = 0.0
+    raw_p_lower: float | None = None
+    guaranteed_snr_db: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +128,8 @@ def from_verdict(
             certified_label=labels[cert.label] if isinstance(cert, Certified) else "",
             radius=float(cert.radius) if isinstance(cert, Certified) else 0.0,
             p_lower=float(cert.p_lower) if isinstance(cert, Certified | Abstain) else 0.0,
+            raw_p_lower=v.raw_p_lower,
+            guaranteed_snr_db=v.guaranteed_snr_db,
         )
     return VerdictRecord(
         **window,  # type: ignore[arg-type]
@@ -180,6 +187,10 @@ def to_dict(r: VerdictRecord) -> dict:
             "certified_label": r.smoothed.certified_label,
             "radius": _finite(r.smoothed.radius),
             "p_lower": _finite(r.smoothed.p_lower),
+            "raw_p_lower": None if r.smoothed.raw_p_lower is None else _finite(r.smoothed.raw_p_lower),
+            "guaranteed_snr_db": None
+            if r.smoothed.guaranteed_snr_db is None
+            else _finite(r.smoothed.guaranteed_snr_db),
         },
         "score": _finite(r.score),
         "threshold": None if r.threshold is None else _finite(r.threshold),
@@ -207,6 +218,9 @@ def format_line(r: VerdictRecord, *, prefix: str = "") -> str:
         sm = "smoothed ABSTAIN" if r.smoothed.abstain else f"smoothed {r.smoothed.label}"
         if r.smoothed.certified_label:
             sm += f" (r={r.smoothed.radius:.2f})"
+        g = r.smoothed.guaranteed_snr_db
+        if g is not None and math.isfinite(g):
+            sm += f" safe >= {g:.1f} dB"
         parts.append(sm)
     parts.append(f"score {r.score:.3f}")
     parts.append("FLAGGED: " + "; ".join(r.reasons) if r.flagged else "ok")

@@ -8,10 +8,14 @@ Clopper-Pearson interval, radius ``sigma * Phi^-1(p_A_lower)``, abstain if ``p_A
 Reference implementation: locuslab/smoothing ``core.py``.
 
 Noise is drawn on the recognizer's device with a seeded ``torch.Generator``, in one of the
-recognizer's representations (``waveform``, ``spectrogram`` magnitude or normalized ``logmel``);
-the certified radius is in that representation's units. Sampling is split from the statistics
-(:func:`sample_counts` vs :func:`predict_from_counts` / :func:`certify_from_counts`) so a server
-can batch the noisy forward passes of many streams together.
+recognizer's representations (``waveform``, ``spectrogram`` magnitude or normalized ``logmel``),
+or in ``waveform_rms``, which every waveform model offers: the window divided by its RMS, so
+``sigma`` is the noise level relative to the window (``sigma = 1`` is noise as loud as the
+speech) and a certified radius is one signal-to-perturbation ratio whatever the window's loudness
+(:func:`guaranteed_snr_db`); the certified radius is in the representation's units. Sampling is
+split from the statistics (:func:`sample_counts` vs :func:`predict_from_counts` /
+:func:`certify_from_counts`) so a server can batch the noisy forward passes of many streams
+together.
 """
 
 from __future__ import annotations
@@ -28,14 +32,86 @@ from scipy.stats import beta, binomtest, norm
 from avsentry.pipelines.recognizers.base import SmoothableRecognizer
 from avsentry.pipelines.types import Abstain, Certified, Prediction
 
+WAVEFORM_RMS = "waveform_rms"
+# waveform_rms: windows quieter than this RMS are scaled by 1 / RMS_FLOOR instead of 1 / RMS (so
+# silence is not blown up into full-scale noise); noisy copies are scaled to RMS_LEVEL (about the
+# level of the training speech, -26 dBFS) before the model, a fixed gain the certificate survives.
+RMS_FLOOR = 1e-3
+RMS_LEVEL = 0.05
+
+
+def offered_representations(model: SmoothableRecognizer) -> tuple[str, ...]:
+    """The representations smoothing can use with ``model``: its own, plus ``waveform_rms``."""
+    own = tuple(model.representations)
+    return own + (WAVEFORM_RMS,) if "waveform" in own and WAVEFORM_RMS not in own else own
+
+
+def rms_normalize(x: torch.Tensor) -> torch.Tensor:
+    """``(batch, samples)`` -> each window divided by ``max(RMS, RMS_FLOOR)`` (the ``waveform_rms``
+    representation). The map is ``P(x) / RMS_FLOOR`` with ``P`` the projection onto the ball of
+    radius ``RMS_FLOOR * sqrt(samples)``, so it is continuous and never amplifies noise more than
+    ``1 / RMS_FLOOR``."""
+    rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
+    return x / rms.clamp_min(RMS_FLOOR)
+
+
+def encode(model: SmoothableRecognizer, x: torch.Tensor, representation: str) -> torch.Tensor:
+    """Waveforms ``(batch, samples)`` on ``model.device`` -> inputs in ``representation``."""
+    if representation == WAVEFORM_RMS and WAVEFORM_RMS not in model.representations:
+        return rms_normalize(model.encode(x, "waveform"))
+    return model.encode(x, representation)
+
+
+def logits_from(model: SmoothableRecognizer, z: torch.Tensor, representation: str) -> torch.Tensor:
+    """Logits for inputs already in ``representation`` (``waveform_rms`` copies are played to the
+    model at ``RMS_LEVEL``)."""
+    if representation == WAVEFORM_RMS and WAVEFORM_RMS not in model.representations:
+        return model.logits_from(z * RMS_LEVEL, "waveform")
+    return model.logits_from(z, representation)
+
+
+def guaranteed_snr_db(norm_x: float, radius: float, representation: str, samples: int) -> float | None:
+    """The signal-to-perturbation ratio (dB, relative to the received window of L2 norm
+    ``norm_x``) above which every waveform perturbation stays within the certified ``radius``.
+
+    - ``waveform``: ``20 log10(norm_x / radius)``.
+    - ``waveform_rms``: the normalization ``N`` maps a perturbation ``delta`` of the received
+      ``x'`` to at most ``sqrt(d) * 2 sin(asin(rho) / 2)`` with ``rho = ||delta|| / ||x'||``
+      while both stay above the floor (they differ by an angle of at most ``asin(rho)`` and
+      ``N`` puts them on the sphere of radius ``sqrt(d)``), and to at most
+      ``||delta|| / RMS_FLOOR`` anywhere (``N`` is a projection scaled by ``1 / RMS_FLOOR``).
+      The larger of the two covered perturbations is returned; about ``20 log10(sqrt(d) / R)``
+      for any window well above the floor.
+    - other representations bound nothing about the waveform: ``None``.
+
+    ``inf`` for a zero radius (nothing is covered), ``-inf`` for a silent window.
+    """
+    if representation not in ("waveform", WAVEFORM_RMS):
+        return None
+    if radius <= 0:
+        return math.inf
+    if norm_x <= 0:
+        return -math.inf
+    if representation == "waveform":
+        return 20.0 * math.log10(norm_x / radius)
+    root_d = math.sqrt(samples)
+    covered = radius * RMS_FLOOR  # the global Lipschitz bound
+    theta = 2.0 * math.asin(min(1.0, radius / (2.0 * root_d)))  # the angle the radius allows
+    rho = 1.0 if theta >= math.pi / 2 else math.sin(theta)
+    # valid while the whole ball around x' stays above the floor
+    covered = max(covered, min(rho * norm_x, norm_x - RMS_FLOOR * root_d))
+    return 20.0 * math.log10(norm_x / covered) if covered > 0 else math.inf
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SmoothingConfig:
     """Parameters of the smoothed classifier.
 
     Attributes:
-        sigma: Noise standard deviation, in the units of ``representation``.
-        representation: Where the noise is added: ``waveform``, ``spectrogram`` or ``logmel``.
+        sigma: Noise standard deviation, in the units of ``representation`` (``waveform_rms``:
+            relative to the window's RMS).
+        representation: Where the noise is added: ``waveform``, ``waveform_rms``,
+            ``spectrogram`` or ``logmel``.
         n: Monte Carlo samples for PREDICT (and the estimation samples of CERTIFY).
         n0: Selection samples for CERTIFY.
         alpha: Failure probability of the test / confidence bound.
@@ -138,7 +214,7 @@ def sample_votes(
         for start in range(0, n, copies):
             k = min(copies, n - start)
             batch = noisy_copies(chunk, k, cfg.sigma, gen, out=buffer)
-            logits = model.logits_from(batch, cfg.representation).view(len(chunk), k, n_classes)
+            logits = logits_from(model, batch, cfg.representation).view(len(chunk), k, n_classes)
             votes[s : s + len(chunk), start : start + k] = logits.argmax(dim=-1)
             probs[s : s + len(chunk)] += logits.float().softmax(dim=-1).sum(dim=1)
     return votes, probs.div_(n)
@@ -216,6 +292,25 @@ def _normal_quantile(p: float) -> float:
     return float(norm.ppf(p))
 
 
+def detection_radius(p_lower: float, sigma: float, p_min: float) -> float:
+    """The L2 radius (in the noise representation's units) that certified detection guarantees
+    for a window whose raw label ``y`` has noisy-vote probability at least ``p_lower``, when the
+    rule flags any window whose raw label's bound is under ``p_min``:
+    ``sigma * (Phi^-1(p_lower) - Phi^-1(1 - p_min))``, 0 when that is not positive.
+
+    Why: ``Phi^-1(p_y(.))`` is ``1/sigma``-Lipschitz for the smoothed probabilities (Salman et
+    al. 2019, Lemma 1; Cohen et al.'s Theorem 1 is the case ``p_min = 1/2``). A perturbed window
+    that passes with another raw label ``t`` has ``p_t >= p_min``, so ``p_y <= 1 - p_min`` there,
+    which needs a move of at least this radius from where ``p_y >= p_lower``. The same bound read
+    from the received window (``p_lower`` of its raw label) limits how far a clean window with
+    another passing label can be. Each bound holds with probability ``1 - alpha``.
+    """
+    if not 0 < p_min < 1 or p_lower <= 0:
+        return 0.0
+    r = sigma * (_normal_quantile(min(p_lower, 1 - 1e-16)) - _normal_quantile(1.0 - p_min))
+    return max(0.0, float(r))
+
+
 def certify_from_counts(
     selection: np.ndarray, estimation: np.ndarray, alpha: float, sigma: float
 ) -> Certified | Abstain:
@@ -236,7 +331,7 @@ def predict(
     generator: torch.Generator,
 ) -> list[Prediction | Abstain]:
     """Smoothed prediction for each waveform in ``x`` ``(batch, samples)``."""
-    z = model.encode(x.to(model.device), cfg.representation)
+    z = encode(model, x.to(model.device), cfg.representation)
     counts = sample_counts(model, z, cfg.n, cfg, generator)
     assert isinstance(counts, np.ndarray)
     return [predict_from_counts(c, cfg.alpha) for c in counts]
@@ -249,7 +344,7 @@ def certify(
     generator: torch.Generator,
 ) -> list[Certified | Abstain]:
     """Certified prediction and L2 radius for each waveform in ``x`` ``(batch, samples)``."""
-    z = model.encode(x.to(model.device), cfg.representation)
+    z = encode(model, x.to(model.device), cfg.representation)
     selection = sample_counts(model, z, cfg.n0, cfg, generator)
     estimation = sample_counts(model, z, cfg.n, cfg, generator)
     assert isinstance(selection, np.ndarray) and isinstance(estimation, np.ndarray)

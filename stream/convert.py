@@ -223,6 +223,10 @@ def record_to_proto(r: VerdictRecord) -> pb.Verdict:
                 p_lower=s.p_lower,
             )
         )
+        if s.raw_p_lower is not None:
+            msg.smoothed.raw_p_lower = s.raw_p_lower
+        if s.guaranteed_snr_db is not None:
+            msg.smoothed.guaranteed_snr_db = s.guaranteed_snr_db
     if r.threshold is not None:
         msg.threshold = r.threshold
     return msg
@@ -241,6 +245,8 @@ def record_from_proto(msg: pb.Verdict) -> VerdictRecord:
             certified_label=s.certified_label,
             radius=s.radius,
             p_lower=s.p_lower,
+            raw_p_lower=s.raw_p_lower if s.HasField("raw_p_lower") else None,
+            guaranteed_snr_db=s.guaranteed_snr_db if s.HasField("guaranteed_snr_db") else None,
         )
     return VerdictRecord(
         request_id=msg.request_id,

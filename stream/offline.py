@@ -98,6 +98,7 @@ def detector_config_overrides(args: argparse.Namespace) -> dict:
         alpha=getattr(args, "alpha", None),
         smoothing=False if getattr(args, "no_smoothing", False) else None,
         threshold=getattr(args, "threshold", None),
+        certified=getattr(args, "certified_detection", None),
         seed=secrets.randbits(62) if seed == -1 else seed,
     )
 

@@ -23,7 +23,6 @@ depend on batching or on the other clips.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +33,13 @@ from scipy.stats import norm
 from tqdm import tqdm
 
 from avsentry.pipelines.recognizers.base import SmoothableRecognizer
-from avsentry.pipelines.smoothing import SmoothingConfig, certify_from_counts, sample_counts
+from avsentry.pipelines.smoothing import (
+    SmoothingConfig,
+    certify_from_counts,
+    encode,
+    guaranteed_snr_db,
+    sample_counts,
+)
 from avsentry.pipelines.types import Abstain, Certified
 
 DEFAULT_RADII = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5)
@@ -234,7 +239,7 @@ def _certify_clips(
     out: list[Certified | Abstain] = []
     chunk = max(1, cfg.batch_size // max(cfg.n, cfg.n0))
     for s in range(0, len(x), chunk):
-        z = model.encode(x[s : s + chunk], cfg.representation)
+        z = encode(model, x[s : s + chunk], cfg.representation)
         gens = list(generators[s : s + chunk])
         selection = sample_counts(model, z, cfg.n0, cfg, gens)
         estimation = sample_counts(model, z, cfg.n, cfg, gens)
@@ -365,7 +370,9 @@ def certified_detection(
     attacker who wants the raw label to become some ``c != g(x)`` *without being flagged* must use
     ``||delta||_2 >= R(x')``, the radius reported at the window it submits: any unflagged
     window's raw label equals what ``g`` says on every input within ``R`` of it, the clean one
-    included when it is that close. ``snr_db`` restates ``R`` as ``20 * log10(||x'||_2 / R)``.
+    included when it is that close. ``snr_db`` restates ``R`` as an SNR of the window
+    (:func:`~avsentry.pipelines.smoothing.guaranteed_snr_db`; ``20 * log10(||x'||_2 / R)`` in the
+    ``waveform`` representation).
     What it does not say:
 
     - It is relative to ``g(x)``, not to the true label: if ``g`` is wrong on the clean window, a
@@ -377,8 +384,9 @@ def certified_detection(
       per window (over many windows, about ``alpha`` of them may be wrongly certified), and only
       for noise the attacker does not know: a fixed, public seed lets an adaptive attacker search
       for ``x'`` where this particular draw over-estimates ``p_A``.
-    - With ``representation`` other than ``waveform``, ``R`` is in that representation's units and
-      bounds nothing about waveform perturbations (``snr_db`` is then ``None``).
+    - With ``representation`` other than ``waveform`` or ``waveform_rms``, ``R`` is in that
+      representation's units and bounds nothing about waveform perturbations (``snr_db`` is then
+      ``None``).
     - On clean windows where ``f`` and ``g`` disagree (or ``g`` abstains) the rule flags: that is
       its false-positive cost, ``flag_rate`` on clean input.
 
@@ -422,7 +430,7 @@ def certified_detection(
     windows: list[WindowCertificate] = []
     for cert, r, norm_x in zip(certs, raw, norms, strict=True):
         if isinstance(cert, Certified):
-            snr = _snr_db(norm_x, cert.radius) if representation == "waveform" else None
+            snr = guaranteed_snr_db(norm_x, cert.radius, representation, wave.shape[1])
             windows.append(
                 WindowCertificate(
                     raw_label=int(r),
@@ -455,15 +463,6 @@ def certified_detection(
         raw_accuracy=None if labels is None else int(np.sum(raw == labels)) / count,
         max_radius=max_certifiable_radius(float(sigma), n, alpha),
     )
-
-
-def _snr_db(norm_x: float, radius: float) -> float:
-    """``20 * log10(||x|| / R)``: ``inf`` for a zero radius, ``-inf`` for a silent window."""
-    if radius <= 0:
-        return math.inf
-    if norm_x <= 0:
-        return -math.inf
-    return 20.0 * math.log10(norm_x / radius)
 
 
 def _certified_right(certs: Sequence[Certified | Abstain], labels: np.ndarray) -> int:

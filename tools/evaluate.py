@@ -35,7 +35,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
-from avsentry.pipelines.detection import Detector
+from avsentry.pipelines.detection import UNCERTIFIED_REASON, Detector
 from avsentry.tools import certification
 from avsentry.tools.attackgen import attack_clips
 from avsentry.tools.attacks.base import AttackResult, choose_targets, perturbation_stats, run_attack
@@ -84,6 +84,8 @@ class VerdictLike(Protocol):
     @property
     def flagged(self) -> bool: ...
     @property
+    def reasons(self) -> Sequence[str]: ...
+    @property
     def defended(self) -> Sequence[DefendedLike]: ...
 
 
@@ -102,10 +104,18 @@ class Scores:
 
     @staticmethod
     def of(verdicts: Sequence[VerdictLike]) -> Scores:
+        """The verdicts' outcomes; ``score`` is the guard's combined score: the detector score,
+        or ``inf`` for a window certified detection flags (it is flagged at every threshold)."""
         names = [d.name for d in verdicts[0].defended] if verdicts else []
         return Scores(
             raw=np.array([v.raw_label for v in verdicts], dtype=np.int64),
-            score=np.array([v.score for v in verdicts], dtype=np.float64),
+            score=np.array(
+                [
+                    np.inf if any(r.startswith(UNCERTIFIED_REASON) for r in v.reasons) else v.score
+                    for v in verdicts
+                ],
+                dtype=np.float64,
+            ),
             flagged=np.array([v.flagged for v in verdicts], dtype=bool),
             distances={
                 n: np.array([next(d.distance for d in v.defended if d.name == n) for v in verdicts])

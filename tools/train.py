@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from avsentry.pipelines.recognizers.digitnet import DigitNet, DigitNetConfig
 from avsentry.pipelines.recognizers.onnx_backend import OnnxRecognizer
+from avsentry.pipelines.smoothing import RMS_LEVEL, rms_normalize
 from avsentry.pipelines.types import ModelSpec
 from avsentry.tools import augment, realspeech, speecheval, synth
 from avsentry.tools.attacks.base import Budget, normalized_step, project, random_start
@@ -79,8 +80,9 @@ class TrainConfig:
     adv_alpha: float = 0.5
     adv_snr_db: float = 30.0
     adv_steps: int = 3
-    # Gaussian noise on the waveform (sigma drawn up to this, p=waveform_noise_prob): a base
-    # classifier for waveform-domain randomized smoothing (certified detection), Cohen et al.
+    # Gaussian noise relative to each window's RMS (the waveform_rms smoothing representation;
+    # sigma drawn up to this, p=waveform_noise_prob): a base classifier for waveform-domain
+    # randomized smoothing and certified detection (Cohen et al. train at the smoothing sigma).
     waveform_noise_sigma: float = 0.0
     waveform_noise_prob: float = 0.5
     # Fine-tune from these weights (a model.pt of the same architecture) instead of from scratch.
@@ -446,7 +448,10 @@ def train(
             if cfg.waveform_noise_sigma > 0:
                 on = torch.rand(len(x), 1, generator=gen).to(cfg.device) < cfg.waveform_noise_prob
                 sigma = torch.rand(len(x), 1, generator=gen).to(cfg.device) * cfg.waveform_noise_sigma
-                x = torch.where(on, x + sigma * torch.randn(x.shape, generator=gen).to(cfg.device), x)
+                noise = torch.randn(x.shape, generator=gen).to(cfg.device)
+                # exactly what waveform_rms smoothing feeds the model: the RMS-normalized window
+                # plus noise, played at RMS_LEVEL
+                x = torch.where(on, RMS_LEVEL * (rms_normalize(x) + sigma * noise), x)
             n_clean = len(x)
             if cfg.adversarial != "none":
                 x = torch.cat([x, adversarial_batch(model, x, y, cfg, gen)])
@@ -706,6 +711,7 @@ def run_cli(args) -> int:  # noqa: ANN001 - argparse namespace from avsentry.str
         "adv_snr_db": args.adv_snr_db,
         "adv_steps": args.adv_steps,
         "waveform_noise_sigma": args.waveform_noise_sigma,
+        "waveform_noise_prob": args.waveform_noise_prob,
         "init": None if args.init is None else str(args.init),
     }
     cfg = TrainConfig(seed=args.seed, device=device, **{k: v for k, v in given.items() if v is not None})

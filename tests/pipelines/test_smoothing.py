@@ -191,3 +191,57 @@ def test_smoothing_runs_on_cuda_with_per_item_generators() -> None:
     alone = smoothing.sample_counts(model, z[2:], 64, cfg, gens((3,)))
     np.testing.assert_array_equal(together[2], alone[0])
     assert (together.sum(axis=1) == 64).all()
+
+
+def test_waveform_rms_noise_is_relative_to_the_window_and_played_at_the_reference_level() -> None:
+    captured: list[torch.Tensor] = []
+
+    class Spy(ThresholdClassifier):
+        def logits_from(self, z: torch.Tensor, representation: str) -> torch.Tensor:
+            assert representation == "waveform"
+            captured.append(z.clone())
+            return super().logits_from(z, representation)
+
+    model = Spy(0.0)
+    assert smoothing.offered_representations(model) == ("waveform", "waveform_rms")
+    loud, quiet = torch.tensor([[0.4, -0.4, 0.4, -0.4]]), torch.tensor([[0.004, -0.004, 0.004, -0.004]])
+    z_loud = smoothing.encode(model, loud, "waveform_rms")
+    assert torch.allclose(z_loud, smoothing.encode(model, loud * 3, "waveform_rms"))
+    assert torch.allclose(z_loud.pow(2).mean(), torch.tensor(1.0))
+    # below the floor the gain stops growing: silence is not blown up to full scale
+    z_quiet = smoothing.encode(model, quiet * 1e-3, "waveform_rms")
+    assert torch.allclose(z_quiet, quiet * 1e-3 / smoothing.RMS_FLOOR)
+    smoothing.logits_from(model, z_loud, "waveform_rms")
+    assert torch.allclose(captured[-1].pow(2).mean().sqrt(), torch.tensor(smoothing.RMS_LEVEL))
+
+
+@pytest.mark.parametrize("norm_scale", [0.5, 1.0, 4.0])
+def test_guaranteed_snr_covers_every_perturbation_quieter_than_it(norm_scale) -> None:
+    """A perturbation of the received window quieter than the guaranteed SNR moves its
+    waveform_rms image by less than the certified radius, in the worst direction (orthogonal to
+    the window) and in random ones."""
+    gen = torch.Generator().manual_seed(0)
+    d = 16000
+    x = torch.randn(1, d, generator=gen) * 0.05 * norm_scale
+    model = ThresholdClassifier(0.0)
+    for radius in (0.05, 0.5, 2.0):
+        snr = smoothing.guaranteed_snr_db(float(x.norm()), radius, "waveform_rms", d)
+        assert snr is not None and np.isfinite(snr)
+        size = float(x.norm()) * 10 ** (-snr / 20)
+        z = smoothing.encode(model, x, "waveform_rms")
+        for direction in range(20):
+            e = torch.randn(1, d, generator=gen)
+            if direction == 0:  # orthogonal to x: the direction that turns the image the most
+                e = e - (e * x).sum() / (x * x).sum() * x
+            e = e / e.norm()
+            moved = smoothing.encode(model, x + 0.999 * size * e, "waveform_rms") - z
+            assert float(moved.norm()) < radius
+        # and the bound is tight: a little louder, orthogonally, leaves the radius
+        e = torch.randn(1, d, generator=gen)
+        e = e - (e * x).sum() / (x * x).sum() * x
+        e = e / e.norm()
+        moved = smoothing.encode(model, x + 1.05 * size * e, "waveform_rms") - z
+        assert float(moved.norm()) > radius
+    # in the plain waveform representation it is ||x|| / R
+    assert smoothing.guaranteed_snr_db(10.0, 0.1, "waveform", d) == pytest.approx(40.0)
+    assert smoothing.guaranteed_snr_db(10.0, 0.1, "logmel", d) is None

@@ -83,9 +83,19 @@ def test_check_json_is_the_verdict_schema(digit_wav) -> None:
         assert (o["start_s"], o["end_s"]) == (float(i), float(i + 1))
         assert o["raw_label"] in synth.LABELS and 0 <= o["raw_confidence"] <= 1
         assert [d["name"] for d in o["defended"]] == ["mp3", "opus", "aac", "noise", "smoothing"]
-        assert {"label", "abstain", "counts", "p_value", "certified_label", "radius", "p_lower"} == set(
-            o["smoothed"]
-        )
+        assert {
+            "label",
+            "abstain",
+            "counts",
+            "p_value",
+            "certified_label",
+            "radius",
+            "p_lower",
+            "raw_p_lower",
+            "guaranteed_snr_db",
+        } == set(o["smoothed"])
+        # log-mel noise (the card's) bounds nothing about the waveform: no guarantee in dB
+        assert 0 <= o["smoothed"]["raw_p_lower"] <= 1 and o["smoothed"]["guaranteed_snr_db"] is None
         assert o["calibrated"] is True and o["threshold"] > 0 and o["flagged"] is False
         assert o["latency_ms"] == 0.0 and o["is_final"] is True
     # the last window is zero-padded past the end of the audio, as the server reports it

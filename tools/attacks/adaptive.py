@@ -36,6 +36,7 @@ import torch
 
 from avsentry.pipelines.detection import Detector
 from avsentry.pipelines.recognizers.base import DifferentiableRecognizer
+from avsentry.pipelines.smoothing import encode, logits_from
 from avsentry.pipelines.transforms import Transform
 from avsentry.tools.attacks.base import AttackResult, Budget, generator, logits_loss
 from avsentry.tools.attacks.pgd import PGD
@@ -94,10 +95,10 @@ class GuardObjective:
                 views.append(m.logits(t.differentiable(adv, self._rng)))
         if self.smoothing is not None:
             rep, sigma = self.smoothing
-            z = m.encode(adv, rep)
+            z = encode(m, adv, rep)
             for _ in range(self.eot):
                 noise = torch.randn(z.shape, generator=self._gen, device=z.device, dtype=z.dtype)
-                views.append(m.logits_from(z + sigma * noise, rep))
+                views.append(logits_from(m, z + sigma * noise, rep))
         return raw, views
 
     def loss(self, adv: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.Tensor:

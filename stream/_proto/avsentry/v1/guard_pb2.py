@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.avsentry/stream/_proto/avsentry/v1/guard.proto\x12\x0b\x61vsentry.v1\"\xf0\x02\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12,\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1a.avsentry.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\x12\x11\n\twindow_ms\x18\x05 \x01(\r\x12\x0e\n\x06hop_ms\x18\x06 \x01(\r\x12\x12\n\ntransforms\x18\x07 \x03(\t\x12\x13\n\x0bsmoothing_n\x18\x08 \x01(\r\x12\x17\n\x0fsmoothing_sigma\x18\t \x01(\x02\x12\x19\n\x11\x64isable_smoothing\x18\n \x01(\x08\x12\x17\n\x0finterim_results\x18\x0b \x01(\x08\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12 \n\x18smoothing_representation\x18\r \x01(\t\x12\x16\n\tthreshold\x18\x0e \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_thresholdJ\x04\x08\x0f\x10\x15\",\n\nAudioChunk\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"p\n\x0c\x41udioRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.avsentry.v1.StreamConfigH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.avsentry.v1.AudioChunkH\x00\x42\t\n\x07request\"W\n\x12\x44\x65\x66\x65ndedPrediction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x10\n\x08\x64istance\x18\x04 \x01(\x02\"\xeb\x01\n\x12SmoothedPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x62stain\x18\x02 \x01(\x08\x12;\n\x06\x63ounts\x18\x03 \x03(\x0b\x32+.avsentry.v1.SmoothedPrediction.CountsEntry\x12\x0f\n\x07p_value\x18\x04 \x01(\x01\x12\x17\n\x0f\x63\x65rtified_label\x18\x05 \x01(\t\x12\x0e\n\x06radius\x18\x06 \x01(\x01\x12\x0f\n\x07p_lower\x18\x07 \x01(\x01\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xb4\x03\n\x07Verdict\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cwindow_index\x18\x02 \x01(\x04\x12\x14\n\x0cstart_sample\x18\x03 \x01(\x04\x12\x12\n\nend_sample\x18\x04 \x01(\x04\x12\x0f\n\x07start_s\x18\x05 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\x11\n\traw_label\x18\x08 \x01(\t\x12\x16\n\x0eraw_confidence\x18\t \x01(\x02\x12\x31\n\x08\x64\x65\x66\x65nded\x18\n \x03(\x0b\x32\x1f.avsentry.v1.DefendedPrediction\x12\x31\n\x08smoothed\x18\x0b \x01(\x0b\x32\x1f.avsentry.v1.SmoothedPrediction\x12\r\n\x05score\x18\x0c \x01(\x02\x12\x16\n\tthreshold\x18\r \x01(\x02H\x00\x88\x01\x01\x12\x0f\n\x07\x66lagged\x18\x0e \x01(\x08\x12\x0f\n\x07reasons\x18\x0f \x03(\t\x12\x12\n\nlatency_ms\x18\x10 \x01(\x01\x12\x10\n\x08is_final\x18\x11 \x01(\x08\x12\x12\n\ncalibrated\x18\x12 \x01(\x08\x42\x0c\n\n_thresholdJ\x04\x08\x13\x10\x1a\"f\n\x11\x43heckAudioRequest\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.avsentry.v1.StreamConfig\x12\x0e\n\x04\x66ile\x18\x02 \x01(\x0cH\x00\x12\r\n\x03pcm\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05\x61udio\"<\n\x12\x43heckAudioResponse\x12&\n\x08verdicts\x18\x01 \x03(\x0b\x32\x14.avsentry.v1.Verdict\"\x13\n\x11ListModelsRequest\"\xb3\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08modality\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\r\x12\x16\n\x0ewindow_samples\x18\x05 \x01(\r\x12\x16\n\tthreshold\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\ntarget_fpr\x18\x07 \x01(\x01\x12\x14\n\x0cmeasured_fpr\x18\x08 \x01(\x01\x12\x12\n\ntransforms\x18\t \x03(\t\x12\x13\n\x0bsmoothing_n\x18\n \x01(\r\x12\x17\n\x0fsmoothing_sigma\x18\x0b \x01(\x02\x12 \n\x18smoothing_representation\x18\x0c \x01(\t\x12\x12\n\nis_default\x18\r \x01(\x08\x42\x0c\n\n_threshold\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.avsentry.v1.ModelInfo*e\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UDIO_ENCODING_PCM16\x10\x01\x12\x1a\n\x16\x41UDIO_ENCODING_FLOAT32\x10\x02\x32\xe9\x01\n\x05Guard\x12\x42\n\x0bStreamAudio\x12\x19.avsentry.v1.AudioRequest\x1a\x14.avsentry.v1.Verdict(\x01\x30\x01\x12M\n\nCheckAudio\x12\x1e.avsentry.v1.CheckAudioRequest\x1a\x1f.avsentry.v1.CheckAudioResponse\x12M\n\nListModels\x12\x1e.avsentry.v1.ListModelsRequest\x1a\x1f.avsentry.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.avsentry/stream/_proto/avsentry/v1/guard.proto\x12\x0b\x61vsentry.v1\"\xf0\x02\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12,\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1a.avsentry.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\x12\x11\n\twindow_ms\x18\x05 \x01(\r\x12\x0e\n\x06hop_ms\x18\x06 \x01(\r\x12\x12\n\ntransforms\x18\x07 \x03(\t\x12\x13\n\x0bsmoothing_n\x18\x08 \x01(\r\x12\x17\n\x0fsmoothing_sigma\x18\t \x01(\x02\x12\x19\n\x11\x64isable_smoothing\x18\n \x01(\x08\x12\x17\n\x0finterim_results\x18\x0b \x01(\x08\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12 \n\x18smoothing_representation\x18\r \x01(\t\x12\x16\n\tthreshold\x18\x0e \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_thresholdJ\x04\x08\x0f\x10\x15\",\n\nAudioChunk\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"p\n\x0c\x41udioRequest\x12+\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.avsentry.v1.StreamConfigH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.avsentry.v1.AudioChunkH\x00\x42\t\n\x07request\"W\n\x12\x44\x65\x66\x65ndedPrediction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x10\n\x08\x64istance\x18\x04 \x01(\x02\"\xcb\x02\n\x12SmoothedPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x62stain\x18\x02 \x01(\x08\x12;\n\x06\x63ounts\x18\x03 \x03(\x0b\x32+.avsentry.v1.SmoothedPrediction.CountsEntry\x12\x0f\n\x07p_value\x18\x04 \x01(\x01\x12\x17\n\x0f\x63\x65rtified_label\x18\x05 \x01(\t\x12\x0e\n\x06radius\x18\x06 \x01(\x01\x12\x0f\n\x07p_lower\x18\x07 \x01(\x01\x12\x1e\n\x11guaranteed_snr_db\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0braw_p_lower\x18\t \x01(\x01H\x01\x88\x01\x01\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x42\x14\n\x12_guaranteed_snr_dbB\x0e\n\x0c_raw_p_lower\"\xb4\x03\n\x07Verdict\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\x0cwindow_index\x18\x02 \x01(\x04\x12\x14\n\x0cstart_sample\x18\x03 \x01(\x04\x12\x12\n\nend_sample\x18\x04 \x01(\x04\x12\x0f\n\x07start_s\x18\x05 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\x11\n\traw_label\x18\x08 \x01(\t\x12\x16\n\x0eraw_confidence\x18\t \x01(\x02\x12\x31\n\x08\x64\x65\x66\x65nded\x18\n \x03(\x0b\x32\x1f.avsentry.v1.DefendedPrediction\x12\x31\n\x08smoothed\x18\x0b \x01(\x0b\x32\x1f.avsentry.v1.SmoothedPrediction\x12\r\n\x05score\x18\x0c \x01(\x02\x12\x16\n\tthreshold\x18\r \x01(\x02H\x00\x88\x01\x01\x12\x0f\n\x07\x66lagged\x18\x0e \x01(\x08\x12\x0f\n\x07reasons\x18\x0f \x03(\t\x12\x12\n\nlatency_ms\x18\x10 \x01(\x01\x12\x10\n\x08is_final\x18\x11 \x01(\x08\x12\x12\n\ncalibrated\x18\x12 \x01(\x08\x42\x0c\n\n_thresholdJ\x04\x08\x13\x10\x1a\"f\n\x11\x43heckAudioRequest\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x19.avsentry.v1.StreamConfig\x12\x0e\n\x04\x66ile\x18\x02 \x01(\x0cH\x00\x12\r\n\x03pcm\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05\x61udio\"<\n\x12\x43heckAudioResponse\x12&\n\x08verdicts\x18\x01 \x03(\x0b\x32\x14.avsentry.v1.Verdict\"\x13\n\x11ListModelsRequest\"\xb3\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08modality\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x16\n\x0esample_rate_hz\x18\x04 \x01(\r\x12\x16\n\x0ewindow_samples\x18\x05 \x01(\r\x12\x16\n\tthreshold\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\ntarget_fpr\x18\x07 \x01(\x01\x12\x14\n\x0cmeasured_fpr\x18\x08 \x01(\x01\x12\x12\n\ntransforms\x18\t \x03(\t\x12\x13\n\x0bsmoothing_n\x18\n \x01(\r\x12\x17\n\x0fsmoothing_sigma\x18\x0b \x01(\x02\x12 \n\x18smoothing_representation\x18\x0c \x01(\t\x12\x12\n\nis_default\x18\r \x01(\x08\x42\x0c\n\n_threshold\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.avsentry.v1.ModelInfo*e\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UDIO_ENCODING_PCM16\x10\x01\x12\x1a\n\x16\x41UDIO_ENCODING_FLOAT32\x10\x02\x32\xe9\x01\n\x05Guard\x12\x42\n\x0bStreamAudio\x12\x19.avsentry.v1.AudioRequest\x1a\x14.avsentry.v1.Verdict(\x01\x30\x01\x12M\n\nCheckAudio\x12\x1e.avsentry.v1.CheckAudioRequest\x1a\x1f.avsentry.v1.CheckAudioResponse\x12M\n\nListModels\x12\x1e.avsentry.v1.ListModelsRequest\x1a\x1f.avsentry.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SMOOTHEDPREDICTION_COUNTSENTRY']._loaded_options = None
   _globals['_SMOOTHEDPREDICTION_COUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_AUDIOENCODING']._serialized_start=1919
-  _globals['_AUDIOENCODING']._serialized_end=2020
+  _globals['_AUDIOENCODING']._serialized_start=2015
+  _globals['_AUDIOENCODING']._serialized_end=2116
   _globals['_STREAMCONFIG']._serialized_start=64
   _globals['_STREAMCONFIG']._serialized_end=432
   _globals['_AUDIOCHUNK']._serialized_start=434
@@ -44,21 +44,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEFENDEDPREDICTION']._serialized_start=594
   _globals['_DEFENDEDPREDICTION']._serialized_end=681
   _globals['_SMOOTHEDPREDICTION']._serialized_start=684
-  _globals['_SMOOTHEDPREDICTION']._serialized_end=919
-  _globals['_SMOOTHEDPREDICTION_COUNTSENTRY']._serialized_start=874
-  _globals['_SMOOTHEDPREDICTION_COUNTSENTRY']._serialized_end=919
-  _globals['_VERDICT']._serialized_start=922
-  _globals['_VERDICT']._serialized_end=1358
-  _globals['_CHECKAUDIOREQUEST']._serialized_start=1360
-  _globals['_CHECKAUDIOREQUEST']._serialized_end=1462
-  _globals['_CHECKAUDIORESPONSE']._serialized_start=1464
-  _globals['_CHECKAUDIORESPONSE']._serialized_end=1524
-  _globals['_LISTMODELSREQUEST']._serialized_start=1526
-  _globals['_LISTMODELSREQUEST']._serialized_end=1545
-  _globals['_MODELINFO']._serialized_start=1548
-  _globals['_MODELINFO']._serialized_end=1855
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1857
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1917
-  _globals['_GUARD']._serialized_start=2023
-  _globals['_GUARD']._serialized_end=2256
+  _globals['_SMOOTHEDPREDICTION']._serialized_end=1015
+  _globals['_SMOOTHEDPREDICTION_COUNTSENTRY']._serialized_start=932
+  _globals['_SMOOTHEDPREDICTION_COUNTSENTRY']._serialized_end=977
+  _globals['_VERDICT']._serialized_start=1018
+  _globals['_VERDICT']._serialized_end=1454
+  _globals['_CHECKAUDIOREQUEST']._serialized_start=1456
+  _globals['_CHECKAUDIOREQUEST']._serialized_end=1558
+  _globals['_CHECKAUDIORESPONSE']._serialized_start=1560
+  _globals['_CHECKAUDIORESPONSE']._serialized_end=1620
+  _globals['_LISTMODELSREQUEST']._serialized_start=1622
+  _globals['_LISTMODELSREQUEST']._serialized_end=1641
+  _globals['_MODELINFO']._serialized_start=1644
+  _globals['_MODELINFO']._serialized_end=1951
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1953
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2013
+  _globals['_GUARD']._serialized_start=2119
+  _globals['_GUARD']._serialized_end=2352
 # @@protoc_insertion_point(module_scope)

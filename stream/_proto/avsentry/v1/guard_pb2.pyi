@@ -77,7 +77,7 @@ class DefendedPrediction(_message.Message):
     def __init__(self, name: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., distance: _Optional[float] = ...) -> None: ...
 
 class SmoothedPrediction(_message.Message):
-    __slots__ = ("label", "abstain", "counts", "p_value", "certified_label", "radius", "p_lower")
+    __slots__ = ("label", "abstain", "counts", "p_value", "certified_label", "radius", "p_lower", "guaranteed_snr_db", "raw_p_lower")
     class CountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,8 @@ class SmoothedPrediction(_message.Message):
     CERTIFIED_LABEL_FIELD_NUMBER: _ClassVar[int]
     RADIUS_FIELD_NUMBER: _ClassVar[int]
     P_LOWER_FIELD_NUMBER: _ClassVar[int]
+    GUARANTEED_SNR_DB_FIELD_NUMBER: _ClassVar[int]
+    RAW_P_LOWER_FIELD_NUMBER: _ClassVar[int]
     label: str
     abstain: bool
     counts: _containers.ScalarMap[str, int]
@@ -99,7 +101,9 @@ class SmoothedPrediction(_message.Message):
     certified_label: str
     radius: float
     p_lower: float
-    def __init__(self, label: _Optional[str] = ..., abstain: _Optional[bool] = ..., counts: _Optional[_Mapping[str, int]] = ..., p_value: _Optional[float] = ..., certified_label: _Optional[str] = ..., radius: _Optional[float] = ..., p_lower: _Optional[float] = ...) -> None: ...
+    guaranteed_snr_db: float
+    raw_p_lower: float
+    def __init__(self, label: _Optional[str] = ..., abstain: _Optional[bool] = ..., counts: _Optional[_Mapping[str, int]] = ..., p_value: _Optional[float] = ..., certified_label: _Optional[str] = ..., radius: _Optional[float] = ..., p_lower: _Optional[float] = ..., guaranteed_snr_db: _Optional[float] = ..., raw_p_lower: _Optional[float] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("request_id", "window_index", "start_sample", "end_sample", "start_s", "end_s", "model", "raw_label", "raw_confidence", "defended", "smoothed", "score", "threshold", "flagged", "reasons", "latency_ms", "is_final", "calibrated")
