@@ -212,22 +212,9 @@ def detector_options(*, hop: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def offline_detector_options() -> argparse.ArgumentParser:
-    """Detector settings only an in-process detector takes (``check``, ``calibrate``)."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("detector, in-process only")
-    g.add_argument(
-        "--n0",
-        type=positive_int,
-        default=None,
-        help="randomized smoothing: of the --n copies, those that select the class (default: the card's, 8)",
-    )
-    g.add_argument(
-        "--alpha",
-        type=positive_float,
-        default=None,
-        help="randomized smoothing: test and bound failure probability (default: the card's, 0.05)",
-    )
+def add_certified_detection(g: argparse._ArgumentGroup) -> None:
+    """``--certified-detection [P_MIN]`` / ``--no-certified-detection`` (``check``, ``calibrate``,
+    ``attack``, ``evaluate``)."""
     g.add_argument(
         "--certified-detection",
         nargs="?",
@@ -248,6 +235,32 @@ def offline_detector_options() -> argparse.ArgumentParser:
         const=False,
         help="turn certified detection off (default: the card's)",
     )
+
+
+def certified_detection_options() -> argparse.ArgumentParser:
+    """Certified detection alone, for commands without the other in-process options."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_certified_detection(p.add_argument_group("certified detection"))
+    return p
+
+
+def offline_detector_options() -> argparse.ArgumentParser:
+    """Detector settings only an in-process detector takes (``check``, ``calibrate``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("detector, in-process only")
+    g.add_argument(
+        "--n0",
+        type=positive_int,
+        default=None,
+        help="randomized smoothing: of the --n copies, those that select the class (default: the card's, 8)",
+    )
+    g.add_argument(
+        "--alpha",
+        type=positive_float,
+        default=None,
+        help="randomized smoothing: test and bound failure probability (default: the card's, 0.05)",
+    )
+    add_certified_detection(g)
     g.add_argument(
         "--noise-seed",
         "--seed",
@@ -697,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "attack",
-        parents=[model, detector_options(hop=False), clean],
+        parents=[model, detector_options(hop=False), certified_detection_options(), clean],
         help="generate adversarial examples (WAV files + a JSONL manifest)",
         description="Attack the clean clips the model gets right, on the waveform through the "
         "model's own feature front end, and write the adversarials as 32-bit float WAVs with "
@@ -724,7 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        parents=[model, detector_options(hop=False), clean],
+        parents=[model, detector_options(hop=False), certified_detection_options(), clean],
         help="attack, judge and report: detection ROC/AUC, accuracy under attack, certified accuracy",
         description="Attack the clean set with each attack (or read adversarials an earlier "
         "'avsentry attack' wrote), judge clean and adversarial windows with the guard (in-process, "
