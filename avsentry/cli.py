@@ -177,7 +177,8 @@ def detector_options(*, hop: bool = True) -> argparse.ArgumentParser:
         type=positive_float,
         default=None,
         help="randomized smoothing: noise standard deviation, in the units of --representation "
-        "(default: the card's, 0.25)",
+        "(default: the card's, 0.25 for the digits' logmel; with another --representation: 0.002 "
+        "waveform, 0.1 waveform_rms, 0.25 logmel)",
     )
     g.add_argument(
         "--representation",
@@ -185,7 +186,7 @@ def detector_options(*, hop: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="randomized smoothing: where the noise is added; waveform_rms is the waveform "
         "divided by its RMS, so --sigma is relative to the window (1 = noise as loud as it) "
-        "(default: the card's, logmel)",
+        "(default: the card's, logmel for digits, waveform for an uncalibrated manifest)",
     )
     g.add_argument(
         "--no-smoothing",
@@ -210,6 +211,17 @@ def detector_options(*, hop: bool = True) -> argparse.ArgumentParser:
             "the server's for stream and mic)",
         )
     return p
+
+
+def add_allow_uncalibrated(p: argparse.ArgumentParser, *, default: bool | None) -> None:
+    p.add_argument(
+        "--allow-uncalibrated",
+        action="store_true",
+        default=default,
+        help="run a model that has no calibrated threshold (no card from avsentry calibrate, no "
+        "--threshold): it flags nothing by score, and every verdict's reasons say so (default: "
+        "refused with a message)",
+    )
 
 
 def add_certified_detection(g: argparse._ArgumentGroup) -> None:
@@ -390,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "files", nargs="+", type=Path, metavar="FILE", help="WAV, FLAC, MP3... (anything FFmpeg decodes)"
     )
+    add_allow_uncalibrated(p, default=False)
 
     p = sub.add_parser(
         "serve",
@@ -402,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model and detector flags set the default model and its default defence.",
     )
     p.add_argument("--config", type=Path, metavar="TOML", help="configuration file (default: none)")
+    add_allow_uncalibrated(p, default=None)
     g = p.add_argument_group("listening")
     g.add_argument("--address", help="listen address (default: 127.0.0.1; others need TLS or --insecure)")
     g.add_argument("--port", type=int, help="listen port (default: 50051; 0 picks a free one)")
@@ -646,25 +660,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "calibrate",
-        parents=[detector_options(hop=False), offline],
-        help="calibrate the detector threshold on held-out clean audio",
-        description="Score held-out clean windows (digits, synthetic other speech, real speech "
-        "of held-out people, background) with the detector, set the threshold for a target "
-        "false-positive rate on one half of the held-out clips (split by voice and text; per "
-        "group, each held at the target with --confidence), measure the FPR on the other "
-        "half, and store both in the model card.",
+        parents=[model, detector, offline],
+        help="calibrate a model's guard: the defence its accuracy survives and the threshold",
+        description="With --clean DIR (your clean recordings, DIR/<label>/*.wav|flac|mp3...; "
+        "--other DIR: speech or sounds that are none of the model's commands): judge every window "
+        "the service would cut from them, measure the accuracy of the raw model, of each transform "
+        "and of smoothing at several sigmas, keep the transforms and the largest sigma that stay "
+        "within --tolerance of the raw accuracy (flags given here are kept as given), set the "
+        "threshold for --target-fpr on half the recordings (per group of the manifest's label roles: "
+        "commands, other, no_speech; each held with --confidence) and measure the FPR on the other "
+        "half. It writes a new card (the manifest plus the calibrated detector) next to the "
+        "manifest, NAME.card.json (runs/NAME/card.json for an embedded model), never over an "
+        "existing file without --force, and a histogram of the clean scores. Without --clean it "
+        "calibrates the digit model on the project's synthetic corpus (--data, built by "
+        "'avsentry train'): held-out digits, other speech, real speech and background.",
     )
     p.add_argument(
-        "--card", type=Path, required=True, help="card.json to update (e.g. runs/digits/card.json)"
+        "--clean",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="your clean labelled recordings, DIR/<label>/* (default: none, the digit corpus)",
+    )
+    p.add_argument(
+        "--other",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="recordings of speech or sounds that are none of the model's labels, any depth (default: none)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the new card (default: NAME.card.json next to the manifest)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --out (default: refuse)")
+    p.add_argument(
+        "--tolerance",
+        type=probability,
+        default=0.05,
+        help="with --clean: a transform or sigma is kept when its accuracy is at most this far under "
+        "the raw model's (default: 0.05)",
     )
     p.add_argument(
         "--data",
         type=Path,
         default=Path("data/synth/clips.npz"),
-        help="corpus (default: data/synth/clips.npz)",
+        help="without --clean: the digit corpus (default: data/synth/clips.npz, written by 'avsentry train')",
     )
     p.add_argument(
-        "--target-fpr", type=float, default=0.01, help="false-positive rate to hold (default: 0.01)"
+        "--target-fpr", type=probability, default=0.01, help="false-positive rate to hold (default: 0.01)"
     )
     p.add_argument(
         "--scoring",
@@ -672,7 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="max",
         help="how distances become the score: max (the largest distance) or conformal (each "
         "defence's distance and the largest one as p-values against clean reference windows, "
-        "Fisher-combined; README, 'Evaluation of the default model') (default: max)",
+        "Fisher-combined; README, 'Evaluation of the default model'; digit corpus only) "
+        "(default: max)",
     )
     p.add_argument(
         "--confidence",
@@ -681,7 +728,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="probability that each group's FPR stays at or under the target over calibration "
         "sets (default: 0.95; 0: only its expectation, plain split conformal)",
     )
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     attack_help = (
@@ -927,11 +973,44 @@ def _train(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from avsentry.pipelines.detection import DetectorConfig
+    from avsentry.pipelines.recognizers import read_manifest
     from avsentry.stream.offline import detector_config_overrides
     from avsentry.tools.calibrate import run_cli
+    from avsentry.tools.calibrate_recordings import calibrate_recordings, report
 
-    cfg, _ = DetectorConfig.from_card(None, **detector_config_overrides(args))
-    return run_cli(args, cfg)
+    _resolve_local_model(args)
+    if args.threshold is not None:
+        raise CliError("calibrate sets the threshold; --threshold is for check and serve")
+    manifest = read_manifest(args.model)
+    overrides = detector_config_overrides(args)
+    overrides["threshold"] = None
+    cfg, _ = DetectorConfig.from_card(manifest.detector, **overrides)
+    if args.clean is None:
+        if args.other is not None:
+            raise CliError("--other needs --clean (your clean recordings)")
+        return run_cli(args, cfg)
+    if args.scoring != "max":
+        raise CliError("--scoring conformal calibrates on the digit corpus only; use max with --clean")
+    flags = {"transforms": args.transforms, "sigma": args.sigma, "smoothing": args.no_smoothing}
+    given = {name for name, flag in flags.items() if flag not in (None, False)}
+    card, out = calibrate_recordings(
+        args.model,
+        args.clean,
+        cfg,
+        other=args.other,
+        given=given,
+        out=args.out,
+        overwrite=args.force,
+        target_fpr=args.target_fpr,
+        confidence=args.confidence or None,
+        tolerance=args.tolerance,
+        hop_ms=500 if args.hop_ms is None else args.hop_ms,
+        backend=args.backend,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    report(card, out)
+    return EXIT_OK
 
 
 def _offline_detector(args: argparse.Namespace) -> Any:
@@ -1058,8 +1137,8 @@ def _embedded_models() -> list[dict]:
     rows = []
     for name in embedded_models():
         m = read_manifest(name)
-        det = m.extra.get("detector") or {}
-        cfg, calibrated = DetectorConfig.from_card(det or None)
+        det = m.detector
+        cfg, calibrated = DetectorConfig.from_card(det)
         s = cfg.smoothing
         rows.append(
             {

@@ -39,6 +39,7 @@ import torch
 from scipy.stats import beta
 
 from avsentry.pipelines.recognizers.base import SmoothableRecognizer
+from avsentry.pipelines.recognizers.manifest import DEFAULT_DEFENCE
 from avsentry.pipelines.scoring import ConformalCombination, MaxDistance, scoring_from_card
 from avsentry.pipelines.smoothing import (
     SmoothingConfig,
@@ -61,8 +62,40 @@ from avsentry.pipelines.transforms import (
 )
 from avsentry.pipelines.types import Abstain, Certified, Prediction
 
-DEFAULT_TRANSFORMS = ("mp3", "opus", "aac", "noise")
+# The defence of a card or manifest that names none (see DEFAULT_DEFENCE).
+DEFAULT_TRANSFORMS: tuple[str, ...] = tuple(DEFAULT_DEFENCE["transforms"])
+DEFAULT_SMOOTHING: dict = DEFAULT_DEFENCE["smoothing"]
+# The sigma a representation gets when a flag switches to it without one (units differ: samples;
+# the window's RMS; normalized log-mel).
+DEFAULT_SIGMAS = {"waveform": 0.002, "waveform_rms": 0.1, "logmel": 0.25}
 UNCERTIFIED_REASON = "not certified"  # how a verdict's reasons begin when certified detection flags
+UNCALIBRATED_REASON = "uncalibrated: nothing is flagged by score (no threshold; avsentry calibrate)"
+
+
+def changed_smoothing(base: SmoothingConfig | None, **changes: Any) -> SmoothingConfig:
+    """``base`` (default: :data:`DEFAULT_SMOOTHING`) with ``changes`` (``sigma``,
+    ``representation``, ``n``, ``n0``, ``alpha``; ``None`` keeps the base's). A new
+    representation without a sigma gets its :data:`DEFAULT_SIGMAS` one: sigmas of different
+    representations are in different units.
+
+    Raises:
+        ValueError: a representation with no default sigma and none given, or a bad value.
+    """
+    base = base or SmoothingConfig(**DEFAULT_SMOOTHING)
+    c = {k: v for k, v in changes.items() if v is not None}
+    rep = str(c.get("representation", base.representation))
+    sigma = c.get("sigma")
+    if sigma is None and rep != base.representation:
+        if rep not in DEFAULT_SIGMAS:
+            raise ValueError(f"smoothing in {rep!r} needs a sigma in its units (e.g. --sigma)")
+        sigma = DEFAULT_SIGMAS[rep]
+    return SmoothingConfig(
+        sigma=float(base.sigma if sigma is None else sigma),
+        representation=rep,
+        n=int(c.get("n", base.n)),
+        n0=int(c.get("n0", base.n0)),
+        alpha=float(c.get("alpha", base.alpha)),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,13 +189,9 @@ class DetectorConfig:
         stored = fp.get("smoothing", {}) if fp else {}  # None: calibrated without smoothing
         smoothing: SmoothingConfig | None = None
         if o.get("smoothing", stored is not None):
-            base = SmoothingConfig(**stored) if stored else SmoothingConfig(n=32, n0=8)
-            smoothing = SmoothingConfig(
-                sigma=float(o.get("sigma", base.sigma)),  # type: ignore[arg-type]
-                representation=str(o.get("representation", base.representation)),
-                n=int(o.get("n", base.n)),  # type: ignore[call-overload]
-                n0=int(o.get("n0", base.n0)),  # type: ignore[call-overload]
-                alpha=float(o.get("alpha", base.alpha)),  # type: ignore[arg-type]
+            smoothing = changed_smoothing(
+                SmoothingConfig(**stored) if stored else None,
+                **{k: o[k] for k in ("sigma", "representation", "n", "n0", "alpha") if k in o},
             )
         transforms = tuple(o.get("transforms", fp.get("transforms", DEFAULT_TRANSFORMS)))  # type: ignore[call-overload]
         if o.get("scoring") not in (None, "max", "card"):
@@ -183,7 +212,12 @@ class DetectorConfig:
         threshold = o.get("threshold", detector.get("threshold"))
         # literal comparison: the card stores canonical specs; a spec missing a parameter added
         # since (whose default may differ from what was calibrated) does not count as calibrated
-        calibrated = "threshold" not in o and bool(fp) and cfg.fingerprint() == fp
+        calibrated = (
+            "threshold" not in o
+            and detector.get("threshold") is not None
+            and bool(fp)
+            and cfg.fingerprint() == fp
+        )
         if scoring.kind != detector.get("scoring", {}).get("kind", "max"):
             threshold = None if "threshold" not in o else threshold  # the card's is on another scale
             calibrated = False
@@ -624,6 +658,8 @@ class Detector:
             reasons.insert(0, "non-finite score")
         elif over:
             reasons.insert(0, f"score {score:.3f} > threshold {thr:.3f}")
+        if thr is None:
+            reasons.append(UNCALIBRATED_REASON)
         return WindowVerdict(
             raw_label=raw_label,
             raw_confidence=float(raw[raw_label]),

@@ -43,6 +43,7 @@ def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "backend": args.backend,
         "device": args.device,
+        "allow_uncalibrated": args.allow_uncalibrated,
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,
         "workers": args.workers,

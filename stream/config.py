@@ -28,6 +28,8 @@ Example ``server.toml`` (every key optional; these are the defaults)::
     device = "auto"            # cpu, cuda, cuda:N
     torch_threads = 1          # torch intra-op threads per process; 0 = torch's default (all cores).
                                # 1 leaves the cores to the batch workers and codec threads
+    allow_uncalibrated = false # serve a model with no calibrated threshold (it flags nothing;
+                               # every verdict says so); refused by default (avsentry calibrate)
 
     [batching]
     max_batch = 64
@@ -123,6 +125,7 @@ class ServerConfig:
     backend: str = "torch"
     device: str = "auto"
     torch_threads: int = 1
+    allow_uncalibrated: bool = False
     max_batch: int = 64
     max_wait_ms: float = 0.0
     workers: int = 2
@@ -270,6 +273,7 @@ _TOML_KEYS = {
         "backend": "backend",
         "device": "device",
         "torch_threads": "torch_threads",
+        "allow_uncalibrated": "allow_uncalibrated",
     },
     "batching": {k: k for k in ("max_batch", "max_wait_ms", "workers", "queue_size", "codec_processes")},
     "capacity": {k: k for k in ("max_load", "window_cost_ms")},

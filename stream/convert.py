@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from avsentry.pipelines.audio_io import MAX_CHANNELS, MAX_RATE_HZ, MIN_RATE_HZ
-from avsentry.pipelines.detection import DetectorConfig
+from avsentry.pipelines.detection import DEFAULT_SMOOTHING, DetectorConfig, changed_smoothing
 from avsentry.pipelines.recognizers import Manifest
 from avsentry.pipelines.report import DefendedRecord, SmoothedRecord, VerdictRecord
 from avsentry.pipelines.smoothing import SmoothingConfig
@@ -137,15 +137,15 @@ def _requested_detector(
     elif cfg.smoothing_n or cfg.smoothing_sigma or cfg.smoothing_representation:
         if not math.isfinite(cfg.smoothing_sigma) or cfg.smoothing_sigma < 0:
             raise InvalidRequest(f"smoothing_sigma must be a finite number >= 0, got {cfg.smoothing_sigma}")
-        base = smoothing or SmoothingConfig(n=32, n0=8)
+        base = smoothing or SmoothingConfig(**DEFAULT_SMOOTHING)
         n = cfg.smoothing_n or base.n
         try:
-            smoothing = SmoothingConfig(
-                sigma=float(cfg.smoothing_sigma) if cfg.smoothing_sigma else base.sigma,
-                representation=cfg.smoothing_representation or base.representation,
+            smoothing = changed_smoothing(
+                base,
+                sigma=float(cfg.smoothing_sigma) or None,
+                representation=cfg.smoothing_representation or None,
                 n=n,
                 n0=min(base.n0, max(1, n // 4)),
-                alpha=base.alpha,
             )
         except ValueError as e:
             raise InvalidRequest(str(e)) from e
@@ -275,7 +275,7 @@ def record_from_proto(msg: pb.Verdict) -> VerdictRecord:
 
 def model_info(manifest: Manifest, defence: ModelDefence, *, is_default: bool) -> pb.ModelInfo:
     spec = manifest.spec
-    det = manifest.extra.get("detector") or {}
+    det = manifest.detector
     cfg = defence.detector
     info = pb.ModelInfo(
         name=spec.name,

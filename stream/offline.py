@@ -107,11 +107,30 @@ def detector_from_args(args: argparse.Namespace) -> tuple[Detector, bool]:
     """The detector for ``--model``: the card's calibrated defence with the flags applied, and
     whether its threshold was calibrated for exactly that defence."""
     manifest = read_manifest(args.model)
-    cfg, calibrated = DetectorConfig.from_card(
-        manifest.extra.get("detector"), **detector_config_overrides(args)
-    )
+    cfg, calibrated = DetectorConfig.from_card(manifest.detector, **detector_config_overrides(args))
     rec = load_recognizer(args.model, backend=args.backend, device=args.device)
     return Detector(rec, cfg), calibrated
+
+
+def uncalibrated_warning(model: str) -> str:
+    return (
+        f"model {model!r} is uncalibrated: there is no threshold, so nothing is flagged by score "
+        "(every verdict says so); calibrate it: avsentry calibrate --model MANIFEST --clean DIR"
+    )
+
+
+def refuse_uncalibrated(model: str, threshold: float | None, *, allowed: bool, flag: str) -> None:
+    """Raise unless the model has a threshold or running it without one was ``allowed``.
+
+    Raises:
+        ValueError: the model is uncalibrated and not allowed; the message says what to do.
+    """
+    if threshold is None and not allowed:
+        raise ValueError(
+            f"model {model!r} has no calibrated threshold, so this guard would flag nothing. Calibrate "
+            f"it on your clean recordings (avsentry calibrate --model MANIFEST --clean DIR, then use the "
+            f"card it writes), give a --threshold, or pass {flag} to run it anyway"
+        )
 
 
 def hop_samples(hop_ms: int, *, sample_rate_hz: int, window: int) -> int:
@@ -266,6 +285,11 @@ def run_check(args: argparse.Namespace) -> int:
         window=spec.window_samples,
     )
     detector, calibrated = detector_from_args(args)
+    refuse_uncalibrated(
+        spec.name, detector.config.threshold, allowed=args.allow_uncalibrated, flag="--allow-uncalibrated"
+    )
+    if detector.config.threshold is None:
+        print(f"avsentry check: WARNING: {uncalibrated_warning(spec.name)}", file=sys.stderr)
     if not calibrated and detector.config.threshold is not None and args.threshold is None:
         print(
             "avsentry check: warning: the model card's threshold was calibrated for another detector "

@@ -82,9 +82,7 @@ class ModelRegistry:
             m = read_manifest(ref)
             self.manifests[m.spec.name] = m
             self._refs[m.spec.name] = ref
-            cfg, calibrated = DetectorConfig.from_card(
-                m.extra.get("detector"), seed=seed, **(defence_overrides or {})
-            )
+            cfg, calibrated = DetectorConfig.from_card(m.detector, seed=seed, **(defence_overrides or {}))
             self.defences[m.spec.name] = ModelDefence(detector=cfg, calibrated=calibrated, hop_ms=hop_ms)
         self.default = read_manifest(default).spec.name
         self._recognizers: dict[str, SmoothableRecognizer] = {}

@@ -57,6 +57,7 @@ from avsentry.stream.errors import (
     status_for,
 )
 from avsentry.stream.metrics import Metrics
+from avsentry.stream.offline import refuse_uncalibrated, uncalibrated_warning
 from avsentry.stream.policy import DefencePolicy
 from avsentry.stream.registry import BuiltDetector, ModelRegistry
 
@@ -825,7 +826,16 @@ async def _serve_on(
         on_cache=lambda event: metrics.detector_cache.labels(event).inc(),
     )
     for name, defence in registry.defences.items():
-        if not defence.calibrated:
+        refuse_uncalibrated(
+            name,
+            defence.detector.threshold,
+            allowed=config.allow_uncalibrated,
+            flag="--allow-uncalibrated (allow_uncalibrated = true in [model])",
+        )
+        if defence.detector.threshold is None:
+            note = uncalibrated_warning(name)
+            log.warning("uncalibrated_model", extra={"fields": {"model": name, "note": note}})
+        elif not defence.calibrated:
             log.warning(
                 "uncalibrated_defence",
                 extra={

@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,62 +31,9 @@ from avsentry.pipelines.detection import Detector
 from avsentry.pipelines.types import ModelSpec
 from avsentry.tools.attacks.base import AttackResult, choose_targets, params_of, run_attack
 from avsentry.tools.attacks.catalog import BLACK_BOX, GUARD_ATTACKS, AttackSpec, parse_attack_spec
+from avsentry.tools.recordings import CleanSet, folder_set
 
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".au"})
 MANIFEST = "manifest.jsonl"
-
-
-@dataclass(frozen=True, slots=True)
-class CleanSet:
-    """Labelled clean windows: ``x`` ``(n, samples)`` float32, ``y`` label indices, ``names``
-    (where each came from)."""
-
-    x: np.ndarray
-    y: np.ndarray
-    names: tuple[str, ...]
-
-
-def loudest_window(audio: np.ndarray, window: int, *, hop: int | None = None) -> np.ndarray:
-    """The ``window``-sample stretch of ``audio`` with the most energy (zero-padded, centred,
-    when shorter)."""
-    a = np.asarray(audio, np.float32)
-    if len(a) <= window:
-        out = np.zeros(window, np.float32)
-        s = (window - len(a)) // 2
-        out[s : s + len(a)] = a
-        return out
-    hop = hop or max(1, window // 10)
-    energy = np.concatenate([[0.0], np.cumsum(a.astype(np.float64) ** 2)])
-    starts = np.arange(0, len(a) - window + 1, hop)
-    best = int(starts[np.argmax(energy[starts + window] - energy[starts])])
-    return a[best : best + window].copy()
-
-
-def folder_set(
-    root: Path, labels: Sequence[str], *, sample_rate_hz: int, window: int, limit: int | None = None
-) -> CleanSet:
-    """Clean clips from ``root/<label>/*`` (see module doc).
-
-    Raises:
-        ValueError: No subfolder named after a model label, no audio files, or an undecodable file.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"clean set folder not found: {root}")
-    folders = sorted(d for d in root.iterdir() if d.is_dir())
-    unknown = [d.name for d in folders if d.name not in labels]
-    if unknown:
-        raise ValueError(f"{root}: subfolders {unknown} are not labels of the model ({', '.join(labels)})")
-    files = [(f, d.name) for d in folders for f in sorted(d.iterdir()) if f.suffix.lower() in AUDIO_SUFFIXES]
-    if not files:
-        raise ValueError(f"{root}: no audio files in <label>/ subfolders (labels: {', '.join(labels)})")
-    files = files[:limit] if limit else files
-    xs = [loudest_window(read_audio(f, sample_rate_hz=sample_rate_hz), window) for f, _ in files]
-    return CleanSet(
-        x=np.stack(xs),
-        y=np.array([labels.index(lab) for _, lab in files], dtype=np.int64),
-        names=tuple(str(f.relative_to(root)) for f, _ in files),
-    )
 
 
 def heldout_set(labels: Sequence[str], *, clips: int, seed: int = 1, progress: bool = True) -> CleanSet:

@@ -129,7 +129,7 @@ def bench_core(args: argparse.Namespace) -> list[str]:
             t = timeit(lambda r=r, b=b: r.predict(x[:b]), repeat=rep, device=dev)  # type: ignore[misc]
             say(f"{backend:5s} batch {b:3d}: {t * 1000:8.2f} ms  -> {b / t:8.1f} windows/s")
 
-    det_cfg, _ = DetectorConfig.from_card(manifest.extra.get("detector"))
+    det_cfg, _ = DetectorConfig.from_card(manifest.detector)
     say(
         f"## transforms: single-threaded CPU per {spec.window_s:.2f} s window "
         f"(segment-wise codecs: isolated window = every part; stream at a one-part hop = the new part)"

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from avsentry.pipelines.detection import Detector, DetectorConfig, WindowVerdict, calibrate_threshold
 from avsentry.pipelines.recognizers import load_recognizer, read_manifest
+from avsentry.pipelines.recognizers.manifest import load_document
 from avsentry.pipelines.scoring import ConformalCombination, MaxDistance
 from avsentry.pipelines.smoothing import detection_radius, guaranteed_snr_db
 from avsentry.pipelines.types import Certified, Prediction
@@ -97,33 +99,22 @@ def summarize(
     data: dict[str, np.ndarray],
     threshold: float,
     mask: np.ndarray,
-    labels: tuple[str, ...],
+    group: np.ndarray,
 ) -> dict:
     """FPR of per-window ``scores`` on ``mask`` windows (overall, by group, source, condition)."""
-    group = groups(data["y"], labels, data["engine"])
     fp = ~(scores <= threshold)  # a NaN score is flagged
     rep: dict = {"n": int(mask.sum()), "false_positives": int(fp[mask].sum())}
     rep["fpr"] = float(fp[mask].mean())
     rep["fpr_upper95"] = fpr_upper(int(fp[mask].sum()), int(mask.sum()))
-    rep["by_group"] = {
-        g: {"n": int((mask & (group == g)).sum()), "fpr": float(fp[mask & (group == g)].mean())}
-        for g in GROUPS
-        if (mask & (group == g)).any()
-    }
-    rep["by_source"] = {
-        str(e): {
-            "n": int((mask & (data["source"] == e)).sum()),
-            "fpr": float(fp[mask & (data["source"] == e)].mean()),
+    for key, values in (
+        ("by_group", group),
+        ("by_source", data["source"]),
+        ("by_condition", data["condition"]),
+    ):
+        rep[key] = {
+            str(g): {"n": int((mask & (values == g)).sum()), "fpr": float(fp[mask & (values == g)].mean())}
+            for g in dict.fromkeys(values[mask])
         }
-        for e in np.unique(data["source"][mask])
-    }
-    rep["by_condition"] = {
-        c: {
-            "n": int((mask & (data["condition"] == c)).sum()),
-            "fpr": float(fp[mask & (data["condition"] == c)].mean()),
-        }
-        for c in np.unique(data["condition"])
-    }
     return rep
 
 
@@ -166,8 +157,10 @@ def calibrate(
     device: str,
     scoring: str = "max",
     progress: bool = True,
+    out: Path | None = None,
 ) -> dict:
-    """Calibrate ``cfg`` for the model at ``card_path``; updates and returns the card.
+    """Calibrate ``cfg`` for the model at ``card_path`` on the digit corpus ``data_path``; writes
+    the card with its new ``detector`` section to ``out`` (default: in place) and returns it.
 
     ``confidence``: probability, over calibration sets, that each group's FPR stays at or under
     ``target_fpr`` (None: only its expectation does). ``scoring``: ``"conformal"`` fits the
@@ -186,12 +179,73 @@ def calibrate(
         ),
     )
     verdicts = score_windows(detector, data["x"], progress=progress)
+    group = groups(data["y"], manifest.spec.labels, data["engine"])
+    cfg, section, _ = fit_detector(
+        verdicts,
+        cfg,
+        data,
+        group,
+        target_fpr=target_fpr,
+        confidence=confidence,
+        scoring=scoring,
+        method="group-conditional, training-conditional split conformal (Vovk 2012) on held-out "
+        "clean windows (clean + degraded): per group (digits, synthetic other speech, real speech of "
+        "held-out people, background) the smallest order statistic of the calibration scores whose "
+        "FPR exceeds the target with probability <= 1 - confidence (a group too small for that: the "
+        "ceil((m+1)(1-target))-th smallest, expected FPR <= target) on half the held-out clips "
+        "(split by a hash of voice and text); the largest of the four kept; FPR measured on the "
+        "other half",
+    )
+    card = load_document(manifest.path)
+    card["detector"] = section
+    card["defended_accuracy"] = {
+        "windows": int(len(data["y"])),
+        "note": "held-out voices, clean + degraded windows, all classes",
+        **accuracy(verdicts, data["y"]),
+    }
+    write_card(card, manifest.root, out or card_path)
+    return card
+
+
+def write_card(card: dict, root: Path, out: Path) -> None:
+    """Write ``card`` (a manifest whose paths are relative to ``root``) as JSON at ``out``, its
+    weight paths made relative to ``out``'s folder."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    card = json.loads(json.dumps(card))
+    for b in card.get("backends", {}).values():
+        tables = [b, *b.get("representations", {}).values()]
+        for t in tables:
+            for key in ("path", "encode", "classify"):
+                if key in t:
+                    t[key] = os.path.relpath((Path(root) / t[key]).resolve(), out.parent.resolve())
+    out.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+
+
+def fit_detector(
+    verdicts: list[WindowVerdict],
+    cfg: DetectorConfig,
+    data: dict[str, np.ndarray],
+    group: np.ndarray,
+    *,
+    target_fpr: float,
+    confidence: float | None,
+    scoring: str,
+    method: str,
+) -> tuple[DetectorConfig, dict, np.ndarray]:
+    """From the clean windows' verdicts under ``cfg``: certified detection's ``p_min`` (if on),
+    the scoring (``max``, or ``conformal`` fitted on ``data["reference"]``), the group-conditional
+    threshold on ``data["calibration"]`` and the FPR on the rest. Returns the calibrated config,
+    the card's ``detector`` section and each window's score.
+
+    Raises:
+        ValueError: no finite threshold holds the target, or no ``p_min`` fits its budget.
+    """
     cal = data["calibration"]
     # certified detection: smoothing acts through its rule; the windows the rule flags count as
     # flagged whatever the threshold (score +inf), so the threshold holds the target for the union
     certified = cfg.certified is not None
     scored = [j for j, o in enumerate(verdicts[0].defended) if not (certified and o.name == "smoothing")]
-    group = groups(data["y"], manifest.spec.labels, data["engine"])
     uncertified = np.zeros(len(verdicts), dtype=bool)
     if cfg.certified is not None:
         p_min, uncertified = choose_p_min(verdicts, cal, group, cfg.certified, target_fpr / 2)
@@ -215,13 +269,7 @@ def calibrate(
     else:
         raise ValueError(f"scoring must be 'max' or 'conformal', got {scoring!r}")
     scores = np.where(uncertified, np.inf, scores)
-    threshold, per_group = calibrate_threshold_for(
-        scores,
-        cal,
-        target_fpr,
-        group,
-        confidence=confidence,
-    )
+    threshold, per_group = calibrate_threshold_for(scores, cal, target_fpr, group, confidence=confidence)
     if not np.isfinite(threshold):
         raise ValueError(f"no finite threshold holds the {target_fpr:.2%} target on these scores")
     for g, v in per_group.items():
@@ -231,9 +279,8 @@ def calibrate(
                 f"target; its threshold is its largest score ({v['guarantee']})",
                 file=sys.stderr,
             )
-    test = summarize(scores, data, threshold, ~data["calibration"], manifest.spec.labels)
-    card = json.loads(card_path.read_text(encoding="utf-8"))
-    card["detector"] = {
+    test = summarize(scores, data, threshold, ~data["calibration"], group)
+    section: dict = {
         "config": cfg.fingerprint(),
         "threshold": threshold,
         "target_fpr": target_fpr,
@@ -248,26 +295,13 @@ def calibrate(
             if scoring == "conformal"
             else ""
         )
-        + "group-conditional, training-conditional split conformal (Vovk 2012) on held-out "
-        "clean windows (clean + degraded): per group (digits, synthetic other speech, real speech of "
-        "held-out people, background) the "
-        "smallest order statistic of the calibration scores whose FPR exceeds the "
-        "target with probability <= 1 - confidence (a group too small for that: the "
-        "ceil((m+1)(1-target))-th smallest, expected FPR <= target) on half the held-out clips "
-        "(split by a hash of voice and text); the largest of the four kept; FPR measured on the "
-        "other half",
+        + method,
     }
     if isinstance(cfg.scoring, ConformalCombination):
-        card["detector"]["scoring"] = cfg.scoring.to_dict()
+        section["scoring"] = cfg.scoring.to_dict()
     if cfg.certified is not None:
-        card["detector"]["certified_detection"] = certified_summary(verdicts, uncertified, data, group, cfg)
-    card["defended_accuracy"] = {
-        "windows": int(len(data["y"])),
-        "note": "held-out voices, clean + degraded windows, all classes",
-        **accuracy(verdicts, data["y"]),
-    }
-    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    return card
+        section["certified_detection"] = certified_summary(verdicts, uncertified, data, group, cfg)
+    return dataclasses.replace(cfg, threshold=threshold), section, scores
 
 
 P_MIN_GRID = (0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
@@ -388,11 +422,30 @@ def _group_threshold(scores: np.ndarray, target_fpr: float, confidence: float | 
 
 
 def run_cli(args: argparse.Namespace, cfg: DetectorConfig) -> int:
-    """Calibrate ``cfg`` (built by the CLI from its flags) and print the figures."""
+    """``avsentry calibrate`` without ``--clean``: calibrate ``cfg`` (the model's defence with the
+    flags applied) for the digit model on the synthetic corpus, write a new card and print the
+    figures."""
+    from avsentry.tools.calibrate_recordings import default_output
+
+    manifest = read_manifest(args.model)
+    if manifest.spec.labels != synth.LABELS:
+        raise ValueError(
+            f"the synthetic corpus has the digit model's labels, not {manifest.spec.name!r}'s; calibrate "
+            "it on your own clean recordings: avsentry calibrate --model MANIFEST --clean DIR"
+        )
+    if not Path(args.data).is_file():
+        raise FileNotFoundError(
+            f"corpus {args.data} not found: 'avsentry train' synthesises it (about 15 min), or calibrate "
+            "on your own recordings with --clean DIR"
+        )
+    out = Path(args.out) if args.out is not None else default_output(manifest)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
     card = calibrate(
-        args.card,
+        manifest.path,
         args.data,
         cfg,
+        out=out,
         target_fpr=args.target_fpr,
         confidence=args.confidence or None,
         device=args.device,
@@ -422,4 +475,5 @@ def run_cli(args: argparse.Namespace, cfg: DetectorConfig) -> int:
             f"passing windows are guaranteed down to {cd['guaranteed_snr_db_median']:.1f} dB SNR "
             f"(median; 90% of them down to {cd['guaranteed_snr_db_p90']:.1f} dB)"
         )
+    print(f"wrote {out}; use it: avsentry check --model {out} FILE")
     return 0

@@ -1,14 +1,23 @@
 """Model manifests: how a user plugs in their own ONNX or PyTorch model.
 
-A manifest is a JSON or TOML file next to the weights::
+A manifest is a TOML (or JSON) file next to the weights; every field is checked when it is read
+and a wrong one is named in the error::
 
     name = "my-kws"
-    modality = "audio"
+    labels = ["yes", "no", "_unknown_", "_silence_"]
+    output = "logits"                 # or "probabilities"
+
+    [input]
     sample_rate_hz = 16000
     window_samples = 16000
-    labels = ["yes", "no", "_unknown_"]
-    input_bounds = [-1.0, 1.0]
-    output = "logits"                 # or "probabilities"
+    shape = ["batch", 16000]          # or ["batch", 1, 16000]; an int for a fixed batch size
+    dtype = "float32"                 # float16, float64
+    scale = 1.0                       # the model sees window * scale (32768: int16 range)
+    bounds = [-1.0, 1.0]              # valid window range (attacks clip to it)
+
+    [label_roles]                     # default: _silence_/_background_/_noise_ and _unknown_/_other_
+    no_speech = ["_silence_"]
+    other = ["_unknown_"]
 
     [backends.onnx]
     path = "my-kws.onnx"              # relative to the manifest
@@ -17,14 +26,26 @@ A manifest is a JSON or TOML file next to the weights::
     format = "torchscript"            # torchscript | torch_export (.pt2) | digitnet (state dict)
     path = "my-kws.pt"
 
-The embedded default model's ``card.json`` is a manifest too (plus training and calibration
-facts). ``load_recognizer("digits")`` loads it.
+    [defence]                         # optional; `avsentry calibrate` measures and picks these
+    transforms = ["mp3", "opus", "aac", "noise"]
+    [defence.smoothing]               # or `smoothing = false`
+    representation = "waveform"
+    sigma = 0.002
+    n = 32
+
+An ONNX backend may also ship a model in stages, so smoothing can add its noise between them
+(``[backends.onnx.representations.logmel] encode = "front.onnx", classify = "back.onnx"``).
+
+A model card (``card.json``, as the embedded default model's and what ``avsentry calibrate``
+writes) is a manifest plus training and calibration facts; its ``detector`` section is the
+calibrated defence. ``load_recognizer("digits")`` loads the embedded one.
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -33,24 +54,123 @@ from typing import Any
 import torch
 
 from avsentry.pipelines.recognizers.base import SmoothableRecognizer
+from avsentry.pipelines.recognizers.inputs import BATCH, ModelInput
+from avsentry.pipelines.transforms import normalize_transform_spec
 from avsentry.pipelines.types import ModelSpec
 
 BACKENDS = ("torch", "onnx")
 TORCH_FORMATS = ("torchscript", "torch_export", "digitnet")
 DEFAULT_MODEL = "digits"
+ROLES = ("no_speech", "other")
+COMMAND = "command"  # the role of every label that is neither
+# Label names that take a role unless [label_roles] says otherwise (compared without underscores).
+DEFAULT_ROLE_NAMES = {
+    "no_speech": ("background", "silence", "noise", "nospeech"),
+    "other": ("unknown", "other", "filler", "garbage"),
+}
+# The defence of a model nobody calibrated: the four codec/noise squeezers and smoothing on the
+# waveform (every model offers it; sigma in sample units, 0.002 is noise at -54 dBFS; the window's
+# level is kept, so models with a silence class keep it, which waveform_rms's fixed playback level
+# would not). `avsentry calibrate` measures which of these the model's accuracy survives and picks
+# the sigma.
+DEFAULT_DEFENCE: dict[str, Any] = {
+    "transforms": ["mp3", "opus", "aac", "noise"],
+    "smoothing": {"representation": "waveform", "sigma": 0.002, "n": 32, "n0": 8, "alpha": 0.05},
+}
+_SMOOTHING_KEYS = ("representation", "sigma", "n", "n0", "alpha")
+
+_FIELDS = {
+    "name",
+    "modality",
+    "labels",
+    "output",
+    "input",
+    "label_roles",
+    "backends",
+    "defence",
+    # the same, at the top level, as model cards written before [input] existed
+    "sample_rate_hz",
+    "window_samples",
+    "input_bounds",
+}
+# Facts a model card carries for people (and `detector`, the calibrated defence).
+_CARD_FIELDS = {
+    "version",
+    "description",
+    "architecture",
+    "parameters",
+    "config",
+    "representations",
+    "limitations",
+    "training",
+    "data",
+    "heldout_accuracy",
+    "speech_evaluation",
+    "onnx_agreement",
+    "detector",
+    "defended_accuracy",
+    "calibration",
+}
+_INPUT_KEYS = ("sample_rate_hz", "window_samples", "shape", "dtype", "scale", "bounds", "name")
+_MISPLACED = {
+    "transforms": "[defence] transforms",
+    "smoothing": "[defence] smoothing",
+    "sigma": "[defence.smoothing] sigma",
+    "representation": "[defence.smoothing] representation",
+    "n": "[defence.smoothing] n",
+    "threshold": "the card `avsentry calibrate` writes (or --threshold)",
+    "shape": "[input] shape",
+    "dtype": "[input] dtype",
+    "scale": "[input] scale",
+    "path": "[backends.onnx] or [backends.torch] path",
+    "format": "[backends.torch] format",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Manifest:
-    """A parsed manifest: the spec, where each backend's weights are, and any extra fields."""
+    """A parsed manifest.
+
+    Attributes:
+        spec: What the recognizer expects and returns.
+        path: The manifest file.
+        input: The model's input tensor (layout, dtype, scale, fixed batch).
+        roles: Each label's role: ``command``, ``other`` (speech the model does not act on) or
+            ``no_speech``.
+        backends: Per backend, its table (``path``, ``format``, ``representations``).
+        defence: The manifest's ``[defence]``, completed with :data:`DEFAULT_DEFENCE` (the
+            defence in force when the model has no calibrated ``detector``).
+        extra: The card's other fields (``detector``, training facts...).
+    """
 
     spec: ModelSpec
-    root: Path
+    path: Path
+    input: ModelInput
+    roles: tuple[str, ...]
     backends: dict[str, dict[str, Any]]
+    defence: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def path_for(self, backend: str) -> Path:
-        return self.root / self.backends[backend]["path"]
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def path_for(self, backend: str, key: str = "path") -> Path:
+        return self.root / self.backends[backend][key]
+
+    @property
+    def calibrated(self) -> bool:
+        return (self.extra.get("detector") or {}).get("threshold") is not None
+
+    @property
+    def detector(self) -> dict[str, Any]:
+        """The ``detector`` section ``DetectorConfig.from_card`` reads: the card's calibrated one,
+        or the manifest's defence with no threshold."""
+        det = self.extra.get("detector")
+        return det if det else {"config": self.defence}
+
+    def labels_with_role(self, role: str) -> tuple[int, ...]:
+        return tuple(i for i, r in enumerate(self.roles) if r == role)
 
 
 def embedded_models() -> dict[str, Path]:
@@ -59,47 +179,187 @@ def embedded_models() -> dict[str, Path]:
     return {p.parent.name: p for p in sorted(base.glob("*/card.json"))}
 
 
-def read_manifest(ref: str | Path) -> Manifest:
-    """Parse a manifest file, or the card of an embedded model given by name.
-
-    Raises:
-        FileNotFoundError: no such file or embedded model.
-        ValueError: the manifest is malformed (the message names the field).
-    """
+def manifest_path(ref: str | Path) -> Path:
+    """The file behind ``ref``: an embedded model's name or a path."""
     models = embedded_models()
     path = models[str(ref)] if str(ref) in models else Path(ref)
     if not path.is_file():
         known = ", ".join(models) or "none"
-        raise FileNotFoundError(f"no model manifest at {ref!r} (embedded models: {known})")
+        raise FileNotFoundError(f"no model manifest at {str(ref)!r} (embedded models: {known})")
+    return path
+
+
+def load_document(path: Path) -> dict[str, Any]:
+    """A manifest file's fields: TOML for ``.toml``, else JSON."""
     text = path.read_text(encoding="utf-8")
+    is_toml = path.suffix.lower() == ".toml"
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        data = tomllib.loads(text) if is_toml else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from e
-    required = ("name", "labels", "sample_rate_hz", "window_samples", "backends")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise ValueError(f"{path}: manifest lacks {', '.join(missing)}")
+        raise ValueError(f"{path}: not valid {'TOML' if is_toml else 'JSON'}: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a manifest is a table of fields, got {type(data).__name__}")
+    return data
+
+
+def read_manifest(ref: str | Path) -> Manifest:
+    """Parse and check a manifest file, or the card of an embedded model given by name.
+
+    Raises:
+        FileNotFoundError: no such file or embedded model.
+        ValueError: the manifest is malformed (the message names the file and the field).
+    """
+    path = manifest_path(ref)
+    try:
+        return _parse(load_document(path), path)
+    except (TypeError, ValueError) as e:
+        msg = str(e)
+        raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from e
+
+
+def _parse(data: dict[str, Any], path: Path) -> Manifest:
+    unknown = sorted(set(data) - _FIELDS - _CARD_FIELDS)
+    if unknown:
+        hints = [f"{k!r} belongs in {_MISPLACED[k]}" for k in unknown if k in _MISPLACED]
+        raise ValueError(
+            f"unknown field(s) {', '.join(map(repr, unknown))}"
+            + (f" ({'; '.join(hints)})" if hints else "")
+            + f"; known: {', '.join(sorted(_FIELDS - {'sample_rate_hz', 'window_samples', 'input_bounds'}))}"
+        )
+    for key in ("name", "labels", "backends"):
+        if key not in data:
+            raise ValueError(f"manifest lacks {key!r}")
+    labels = data["labels"]
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"labels must be a list of names, got {labels!r}")
+    inp = _table(data.get("input", {}), "input")
+    # the card's older descriptive `input` (name, shape, dtype) reads the same way
+    unknown_in = sorted(set(inp) - set(_INPUT_KEYS))
+    if unknown_in:
+        raise ValueError(f"[input]: unknown key(s) {unknown_in}; known: {', '.join(_INPUT_KEYS)}")
+    rate = inp.get("sample_rate_hz", data.get("sample_rate_hz"))
+    shape = inp.get("shape")
+    window = inp.get("window_samples", data.get("window_samples"))
+    if window is None and isinstance(shape, list) and shape and isinstance(shape[-1], int):
+        window = shape[-1]
+    if rate is None or window is None:
+        raise ValueError("[input] needs sample_rate_hz and window_samples (or a shape that ends in it)")
+    rate, window = _int(rate, "[input] sample_rate_hz"), _int(window, "[input] window_samples")
+    if shape is None:
+        shape = [BATCH, window]
+    if not isinstance(shape, list):
+        raise ValueError(f"[input] shape must be a list such as ['batch', {window}], got {shape!r}")
+    if shape and shape[-1] != window:
+        raise ValueError(f"[input] shape {shape} does not end in window_samples = {window}")
+    model_input = ModelInput(
+        shape=tuple(shape), dtype=str(inp.get("dtype", "float32")), scale=float(inp.get("scale", 1.0))
+    )
+    bounds = inp.get("bounds", data.get("input_bounds", (-1.0, 1.0)))
+    if not (isinstance(bounds, list | tuple) and len(bounds) == 2):
+        raise ValueError(f"[input] bounds must be [low, high], got {bounds!r}")
     spec = ModelSpec(
         name=str(data["name"]),
         modality=str(data.get("modality", "audio")),
-        labels=tuple(str(x) for x in data["labels"]),
-        sample_rate_hz=int(data["sample_rate_hz"]),
-        window_samples=int(data["window_samples"]),
-        input_bounds=tuple(float(v) for v in data.get("input_bounds", (-1.0, 1.0))),  # type: ignore[arg-type]
+        labels=tuple(labels),
+        sample_rate_hz=rate,
+        window_samples=window,
+        input_bounds=(float(bounds[0]), float(bounds[1])),
         output=str(data.get("output", "logits")),
     )
-    backends = dict(data["backends"])
+    backends = _backends(_table(data["backends"], "backends"))
+    extra = {k: v for k, v in data.items() if k in _CARD_FIELDS}
+    return Manifest(
+        spec=spec,
+        path=path,
+        input=model_input,
+        roles=_roles(spec.labels, _table(data.get("label_roles", {}), "label_roles")),
+        backends=backends,
+        defence=_defence(data.get("defence")),
+        extra=extra,
+    )
+
+
+def _table(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"[{name}] must be a table, got {value!r}")
+    return value
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _backends(backends: dict[str, Any]) -> dict[str, dict[str, Any]]:
     unknown = set(backends) - set(BACKENDS)
     if not backends or unknown:
-        raise ValueError(f"{path}: backends must be a non-empty subset of {BACKENDS}, got {sorted(backends)}")
+        raise ValueError(f"backends must be a non-empty subset of {BACKENDS}, got {sorted(backends)}")
     for name, b in backends.items():
-        if "path" not in b:
-            raise ValueError(f"{path}: backends.{name} lacks 'path'")
-    if "torch" in backends and backends["torch"].get("format") not in TORCH_FORMATS:
-        raise ValueError(f"{path}: backends.torch.format must be one of {TORCH_FORMATS}")
-    extra = {k: v for k, v in data.items() if k not in (*required, "modality", "input_bounds", "output")}
-    return Manifest(spec=spec, root=path.parent, backends=backends, extra=extra)
+        b = _table(b, f"backends.{name}")
+        if not isinstance(b.get("path"), str):
+            raise ValueError(f"[backends.{name}] lacks 'path' (the weights, relative to the manifest)")
+    torch_b = backends.get("torch")
+    if torch_b is not None and torch_b.get("format") not in TORCH_FORMATS:
+        raise ValueError(
+            f"[backends.torch] format must be one of {TORCH_FORMATS}, got {torch_b.get('format')!r}"
+        )
+    for rep, stages in _table(backends.get("onnx", {}).get("representations", {}), "onnx").items():
+        if not isinstance(stages, dict) or set(stages) != {"encode", "classify"}:
+            raise ValueError(
+                f"[backends.onnx.representations.{rep}] needs exactly 'encode' (waveform -> {rep}) "
+                f"and 'classify' ({rep} -> scores) graph paths, got {stages!r}"
+            )
+    return {k: dict(v) for k, v in backends.items()}
+
+
+def _roles(labels: tuple[str, ...], table: dict[str, Any]) -> tuple[str, ...]:
+    unknown = set(table) - set(ROLES)
+    if unknown:
+        raise ValueError(f"[label_roles]: unknown role(s) {sorted(unknown)}; known: {', '.join(ROLES)}")
+    roles = {}
+    if table:
+        for role, names in table.items():
+            if not isinstance(names, list) or not all(n in labels for n in names):
+                raise ValueError(f"[label_roles] {role} must list labels of the model, got {names!r}")
+            roles.update(dict.fromkeys(names, role))
+    else:
+        for label in labels:
+            key = label.strip("_").replace("_", "").lower()
+            for role, names in DEFAULT_ROLE_NAMES.items():
+                if key in names:
+                    roles[label] = role
+    out = tuple(roles.get(label, COMMAND) for label in labels)
+    if COMMAND not in out:
+        raise ValueError("[label_roles] leaves no label to guard: at least one label must be neither role")
+    return out
+
+
+def _defence(value: Any) -> dict[str, Any]:
+    """``[defence]`` completed with :data:`DEFAULT_DEFENCE`, in the detector card's form."""
+    table = _table(value if value is not None else {}, "defence")
+    unknown = set(table) - {"transforms", "smoothing"}
+    if unknown:
+        raise ValueError(f"[defence]: unknown key(s) {sorted(unknown)}; known: transforms, smoothing")
+    transforms = table.get("transforms", DEFAULT_DEFENCE["transforms"])
+    if not isinstance(transforms, list) or not all(isinstance(t, str) for t in transforms):
+        raise ValueError(f"[defence] transforms must be a list of specs such as 'mp3', got {transforms!r}")
+    for t in transforms:
+        normalize_transform_spec(t)  # names a wrong transform or parameter
+    smoothing = table.get("smoothing", True)
+    if smoothing is False:
+        return {"transforms": list(transforms), "smoothing": None}
+    if smoothing is True:
+        smoothing = {}
+    smoothing = _table(smoothing, "defence.smoothing")
+    unknown = set(smoothing) - set(_SMOOTHING_KEYS)
+    if unknown:
+        known = ", ".join(_SMOOTHING_KEYS)
+        raise ValueError(f"[defence.smoothing]: unknown key(s) {sorted(unknown)}; known: {known}")
+    rep = smoothing.get("representation", DEFAULT_DEFENCE["smoothing"]["representation"])
+    if rep != DEFAULT_DEFENCE["smoothing"]["representation"] and "sigma" not in smoothing:
+        raise ValueError(f"[defence.smoothing] representation {rep!r} needs a sigma in its units")
+    return {"transforms": list(transforms), "smoothing": {**DEFAULT_DEFENCE["smoothing"], **smoothing}}
 
 
 def load_recognizer(
@@ -108,7 +368,9 @@ def load_recognizer(
     backend: str = "torch",
     device: str | torch.device | None = None,
 ) -> SmoothableRecognizer:
-    """Load a recognizer from a manifest path or an embedded model name.
+    """Load a recognizer from a manifest path or an embedded model name, and probe it once with
+    a batch of silence (so a wrong input layout or output size fails here, clearly, and not in
+    the middle of a stream).
 
     Args:
         ref: Manifest file (JSON/TOML) or embedded model name (default ``"digits"``).
@@ -122,22 +384,31 @@ def load_recognizer(
         raise ValueError(f"model {m.spec.name!r} has no {backend} backend (has: {', '.join(m.backends)})")
     path = m.path_for(backend)
     if not path.is_file():
-        raise FileNotFoundError(f"model weights not found: {path}")
+        raise FileNotFoundError(f"model weights not found: {path} (named by {m.path})")
     if backend == "onnx":
         from avsentry.pipelines.recognizers.onnx_backend import OnnxRecognizer
 
-        return OnnxRecognizer(path, m.spec, device=device)
+        stages = {
+            rep: (m.root / s["encode"], m.root / s["classify"])
+            for rep, s in m.backends["onnx"].get("representations", {}).items()
+        }
+        return OnnxRecognizer(path, m.spec, device=device, model_input=m.input, stages=stages)
     from avsentry.pipelines.recognizers.torch_backend import TorchRecognizer
 
     fmt = m.backends["torch"]["format"]
     module: torch.nn.Module
-    if fmt == "digitnet":
-        from avsentry.pipelines.recognizers.digitnet import DigitNet, DigitNetConfig
+    try:
+        if fmt == "digitnet":
+            from avsentry.pipelines.recognizers.digitnet import DigitNet, DigitNetConfig
 
-        module = DigitNet(DigitNetConfig.from_dict(m.extra["config"]))
-        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    elif fmt == "torchscript":
-        module = torch.jit.load(str(path), map_location="cpu")
-    else:
-        module = torch.export.load(str(path)).module()
-    return TorchRecognizer(module, m.spec, device=device)
+            module = DigitNet(DigitNetConfig.from_dict(m.extra["config"]))
+            module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        elif fmt == "torchscript":
+            module = torch.jit.load(str(path), map_location="cpu")
+        else:
+            with warnings.catch_warnings():  # torch's own loader reads weights from a read-only buffer
+                warnings.filterwarnings("ignore", message="The given buffer is not writable")
+                module = torch.export.load(str(path)).module()
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: cannot load it as {fmt} ({m.path}): {e}") from e
+    return TorchRecognizer(module, m.spec, device=device, model_input=m.input, what=f"{fmt} {path.name}")

@@ -1,4 +1,9 @@
-"""ONNX Runtime backend: a ``.onnx`` model, CUDA execution provider when available, else CPU."""
+"""ONNX Runtime backend: a ``.onnx`` model, CUDA execution provider when available, else CPU.
+
+The graph's input is checked against the manifest when the session is created (rank, window
+length, fixed batch size, element type), so a model exported with another layout fails at load
+with a message that says which field to write, not with an ONNX Runtime traceback mid-stream.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,10 @@ import onnxruntime as ort
 import torch
 
 from avsentry.pipelines.recognizers.base import resolve_device, softmax_np
+from avsentry.pipelines.recognizers.inputs import BATCH, ModelInput, check_output
 from avsentry.pipelines.types import ModelSpec
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 
 
 def providers_for(device: torch.device) -> list[str]:
@@ -25,20 +33,76 @@ def providers_for(device: torch.device) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-class OnnxRecognizer:
-    """Runs an ONNX model with input ``(batch, window_samples)`` float32.
+def _session(path: Path, device: torch.device, threads: int) -> ort.InferenceSession:
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=providers_for(device))
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
+        raise ValueError(f"{path}: ONNX Runtime cannot load it: {str(e).strip()[:300]}") from e
+    if len(session.get_inputs()) != 1:
+        raise ValueError(f"{path}: expected one input, found {[i.name for i in session.get_inputs()]}")
+    return session
 
-    Smoothing works in the ``waveform`` representation only (the graph is opaque); noise is drawn
-    by torch and handed to ONNX Runtime.
+
+def graph_input(path: Path, session: ort.InferenceSession, declared: ModelInput) -> ModelInput:
+    """The input the graph takes, checked against the manifest's ``declared`` one.
+
+    A symbolic batch axis stays ``"batch"``; a fixed one becomes the batch size (batches are
+    split). The manifest's dtype and scale are kept; the graph's element type must match.
+    """
+    info = session.get_inputs()[0]
+    shape = list(info.shape)
+    window = declared.samples
+    want = " or ".join(f"[batch{', 1' if r == 3 else ''}, {window}]" for r in (2, 3))
+    if len(shape) not in (2, 3) or (len(shape) == 3 and isinstance(shape[1], int) and shape[1] != 1):
+        raise ValueError(f"{path}: input {info.name!r} has shape {shape}; avsentry feeds {want}")
+    if isinstance(shape[-1], int) and shape[-1] != window:
+        raise ValueError(
+            f"{path}: input {info.name!r} takes {shape[-1]} samples but the manifest's window_samples is "
+            f"{window}; set [input] window_samples = {shape[-1]} (at the model's sample_rate_hz)"
+        )
+    # a (batch, 1, samples) graph under a manifest that gave no channel axis: read it off the graph
+    if len(shape) == 2 and len(declared.shape) == 3:
+        raise ValueError(
+            f"{path}: input {info.name!r} has rank {len(shape)} ({shape}) but the manifest's [input] shape "
+            f"is {list(declared.shape)}"
+        )
+    batch: int | str = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else BATCH
+    if declared.fixed_batch is not None and batch not in (BATCH, declared.fixed_batch):
+        raise ValueError(f"{path}: fixed batch {batch} but the manifest says {declared.fixed_batch}")
+    dtype = _ORT_TYPES.get(info.type)
+    if dtype is None:
+        raise ValueError(f"{path}: input {info.name!r} is {info.type}; avsentry feeds float32/16/64 windows")
+    if dtype != declared.dtype and declared.dtype != "float32":
+        raise ValueError(f"{path}: input is {dtype} but the manifest's [input] dtype is {declared.dtype}")
+    rest = (1, window) if len(shape) == 3 else (window,)
+    return ModelInput(shape=(declared.fixed_batch or batch, *rest), dtype=dtype, scale=declared.scale)
+
+
+class OnnxRecognizer:
+    """Runs an ONNX model on windows ``(batch, window_samples)`` float32.
+
+    Smoothing works in the ``waveform`` representation (noise drawn by torch and handed to ONNX
+    Runtime), plus every representation the model ships in stages (``stages[rep] = (encode,
+    classify)``: waveform -> rep and rep -> scores graphs), as the embedded model does for its
+    log-mel front end, so ``--backend onnx`` runs the same defence as torch.
 
     Args:
-        path: The ``.onnx`` file.
+        path: The ``.onnx`` file (waveform -> scores).
         spec: What the model expects and returns.
         device: ``"cpu"``, ``"cuda[:N]"`` or ``None``/``"auto"``.
         intra_op_threads: ORT intra-op threads (0 = ORT default).
-    """
+        model_input: The manifest's input (layout, dtype, scale); checked against the graph.
+        stages: Staged graphs per representation.
 
-    representations: tuple[str, ...] = ("waveform",)
+    Raises:
+        ValueError: the graph's input does not match the manifest, or its output is not one score
+            per label on a probe batch of silence.
+    """
 
     def __init__(
         self,
@@ -47,28 +111,41 @@ class OnnxRecognizer:
         *,
         device: str | torch.device | None = None,
         intra_op_threads: int = 0,
+        model_input: ModelInput | None = None,
+        stages: dict[str, tuple[Path, Path]] | None = None,
     ) -> None:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {path}")
         self.spec = spec
         self.device = resolve_device(device)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=providers_for(self.device))
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise ValueError(f"{path}: expected one input, found {[i.name for i in inputs]}")
-        self._input = inputs[0].name
+        self.session = _session(path, self.device, intra_op_threads)
+        declared = model_input or ModelInput.for_window(spec.window_samples)
+        self.input = graph_input(path, self.session, declared)
+        self._input = self.session.get_inputs()[0].name
+        self._stages = {
+            rep: (_session(enc, self.device, intra_op_threads), _session(cls, self.device, intra_op_threads))
+            for rep, (enc, cls) in (stages or {}).items()
+        }
+        self.representations: tuple[str, ...] = ("waveform", *self._stages)
+        b = self.input.fixed_batch or 2
+        try:
+            out = self._run(np.zeros((b, spec.window_samples), dtype=np.float32))
+        except Exception as e:  # ORT's own error types
+            raise ValueError(f"{path}: fails on a probe batch of silence: {str(e).strip()[:300]}") from e
+        check_output(out.shape, b, len(spec.labels), f"{path.name}")
+        for rep in self._stages:
+            z = self.encode(torch.zeros(b, spec.window_samples, device=self.device), rep)
+            out_z = self.logits_from(z, rep)
+            check_output(tuple(out_z.shape), b, len(spec.labels), f"{path.name} ({rep} stages)")
 
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-        return np.asarray(out, dtype=np.float32)
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.asarray(self.session.run(None, {self._input: x})[0], dtype=np.float32)
+
+        return self.input.run(run, np.asarray(batch, dtype=np.float32))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         out = self._run(batch)
@@ -76,15 +153,27 @@ class OnnxRecognizer:
 
     def encode(self, batch: torch.Tensor, representation: str) -> torch.Tensor:
         self._check_rep(representation)
-        return batch
+        if representation == "waveform":
+            return batch
+        enc = self._stages[representation][0]
+        z = enc.run(None, {enc.get_inputs()[0].name: batch.detach().cpu().numpy().astype(np.float32)})[0]
+        return torch.from_numpy(np.asarray(z, dtype=np.float32)).to(batch.device)
 
     def logits_from(self, z: torch.Tensor, representation: str) -> torch.Tensor:
         self._check_rep(representation)
-        out = self._run(z.detach().cpu().numpy())
+        if representation == "waveform":
+            out = self._run(z.detach().cpu().numpy())
+        else:
+            cls = self._stages[representation][1]
+            out = cls.run(None, {cls.get_inputs()[0].name: z.detach().cpu().numpy().astype(np.float32)})[0]
+            out = np.asarray(out, dtype=np.float32)
         if self.spec.output == "probabilities":
             out = np.log(np.clip(out, 1e-12, None))
         return torch.from_numpy(out).to(z.device)
 
     def _check_rep(self, representation: str) -> None:
-        if representation != "waveform":
-            raise ValueError(f"ONNX model {self.spec.name!r} offers only the 'waveform' representation")
+        if representation not in self.representations:
+            raise ValueError(
+                f"ONNX model {self.spec.name!r} offers representations {self.representations}, "
+                f"not {representation!r}"
+            )

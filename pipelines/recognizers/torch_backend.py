@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from avsentry.pipelines.recognizers.base import resolve_device
+from avsentry.pipelines.recognizers.inputs import ModelInput, check_output
 from avsentry.pipelines.types import ModelSpec
 
 
@@ -21,17 +22,34 @@ class TorchRecognizer:
     """Wraps a torch module as a differentiable, smoothable recognizer.
 
     Args:
-        module: ``(batch, samples)`` -> ``(batch, classes)``; put in eval mode here.
+        module: The model's input (``model_input``) -> ``(batch, classes)``; put in eval mode here
+            (a ``torch.export`` program's module is already an inference graph).
         spec: What the module expects and returns.
         device: ``"cpu"``, ``"cuda[:N]"`` or ``None``/``"auto"`` (CUDA when present).
+        model_input: The module's input layout, dtype, scale and fixed batch (default
+            ``(batch, window_samples)`` float32).
+        what: How errors name the model (e.g. ``"torchscript kws.pt"``).
+
+    Raises:
+        ValueError: the module fails on a probe batch of silence, or its output is not one score
+            per label.
     """
 
     def __init__(
-        self, module: nn.Module, spec: ModelSpec, *, device: str | torch.device | None = None
+        self,
+        module: nn.Module,
+        spec: ModelSpec,
+        *,
+        device: str | torch.device | None = None,
+        model_input: ModelInput | None = None,
+        what: str = "",
     ) -> None:
         self.spec = spec
         self.device = resolve_device(device)
-        self.module = module.to(self.device).eval()
+        self.input = model_input or ModelInput.for_window(spec.window_samples)
+        self.module = module.to(self.device)
+        if not isinstance(module, torch.fx.GraphModule):  # exported graphs refuse eval(); they are one
+            self.module.eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         staged = hasattr(module, "encode") and hasattr(module, "logits_from")
@@ -40,12 +58,27 @@ class TorchRecognizer:
         )
         self.representations: tuple[str, ...] = tuple(reps)
         self._staged = staged
+        self._probe(what or f"model {spec.name!r}")
+
+    def _probe(self, what: str) -> None:
+        b = self.input.fixed_batch or 2
+        x = torch.zeros(b, self.spec.window_samples, device=self.device)
+        try:
+            with torch.no_grad():
+                out = self.logits(x)
+        except Exception as e:  # any failure of foreign code is the manifest's problem to explain
+            shape = [b, *self.input.shape[1:]]
+            raise ValueError(
+                f"{what} fails on a {self.input.dtype} input of shape {shape} (the manifest's [input] "
+                f"shape, dtype and scale): {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+            ) from e
+        check_output(tuple(out.shape), b, len(self.spec.labels), what)
 
     def _as_logits(self, out: torch.Tensor) -> torch.Tensor:
         return out if self.spec.output == "logits" else torch.log(out.clamp_min(1e-12))
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        return self._as_logits(self.module(batch))
+        return self._as_logits(self.input.run(lambda x: self.module(x).float(), batch))
 
     def encode(self, batch: torch.Tensor, representation: str) -> torch.Tensor:
         self._check_rep(representation)
