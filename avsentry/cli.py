@@ -3,8 +3,8 @@
 Commands share option groups, built once and attached with argparse ``parents=``, so a flag has
 the same name, type, default and meaning wherever it appears:
 
-- **model** (``check``, ``serve``, ``bench core``): ``--model --backend --device``.
-- **detector** (``check``, ``stream``, ``mic``, ``serve``; ``calibrate`` without ``--hop-ms``):
+- **model** (``check``, ``serve``, ``calibrate``, ``bench core``): ``--model --backend --device``.
+- **detector** (``check``, ``stream``, ``mic``, ``serve``, ``calibrate``):
   ``--transforms --n --sigma --representation --no-smoothing --threshold --hop-ms``. A flag not
   given keeps the default defence: the model card's calibrated one (``check``, ``serve``) or the
   server's (``stream``, ``mic``).
@@ -982,9 +982,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         raise CliError("calibrate sets the threshold; --threshold is for check and serve")
     manifest = read_manifest(args.model)
-    overrides = detector_config_overrides(args)
-    overrides["threshold"] = None
-    cfg, _ = DetectorConfig.from_card(manifest.detector, **overrides)
+    cfg, _ = DetectorConfig.from_card(manifest.detector, **detector_config_overrides(args))
     if args.clean is None:
         if args.other is not None:
             raise CliError("--other needs --clean (your clean recordings)")

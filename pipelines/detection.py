@@ -39,7 +39,7 @@ import torch
 from scipy.stats import beta
 
 from avsentry.pipelines.recognizers.base import SmoothableRecognizer
-from avsentry.pipelines.recognizers.manifest import DEFAULT_DEFENCE
+from avsentry.pipelines.recognizers.manifest import DEFAULT_DEFENCE, DEFAULT_SIGMAS
 from avsentry.pipelines.scoring import ConformalCombination, MaxDistance, scoring_from_card
 from avsentry.pipelines.smoothing import (
     SmoothingConfig,
@@ -65,9 +65,7 @@ from avsentry.pipelines.types import Abstain, Certified, Prediction
 # The defence of a card or manifest that names none (see DEFAULT_DEFENCE).
 DEFAULT_TRANSFORMS: tuple[str, ...] = tuple(DEFAULT_DEFENCE["transforms"])
 DEFAULT_SMOOTHING: dict = DEFAULT_DEFENCE["smoothing"]
-# The sigma a representation gets when a flag switches to it without one (units differ: samples;
-# the window's RMS; normalized log-mel).
-DEFAULT_SIGMAS = {"waveform": 0.002, "waveform_rms": 0.1, "logmel": 0.25}
+
 UNCERTIFIED_REASON = "not certified"  # how a verdict's reasons begin when certified detection flags
 UNCALIBRATED_REASON = "uncalibrated: nothing is flagged by score (no threshold; avsentry calibrate)"
 

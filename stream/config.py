@@ -160,6 +160,9 @@ class ServerConfig:
     token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        for name in ("allow_uncalibrated", "insecure", "lock"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not 0 <= self.port <= 65535 or not 0 <= self.metrics_port <= 65535:
             raise ValueError("ports must be in [0, 65535]")
         for name in (

@@ -846,6 +846,8 @@ async def _serve_on(
                     }
                 },
             )
+    for name in registry.manifests:  # every model loads (and is probed) now, not on a client's call
+        await asyncio.to_thread(registry.recognizer, name)
     built = await asyncio.to_thread(registry.warm_up, config.window_cost_ms / 1000 or None)
     metrics.detectors.set(registry.cached)
     batcher = Batcher(

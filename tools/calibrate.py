@@ -439,6 +439,8 @@ def run_cli(args: argparse.Namespace, cfg: DetectorConfig) -> int:
             "on your own recordings with --clean DIR"
         )
     out = Path(args.out) if args.out is not None else default_output(manifest)
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--out {out}: a card is JSON; name it *.json")
     if out.exists() and not args.force:
         raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
     card = calibrate(

@@ -33,6 +33,7 @@ from avsentry.pipelines.detection import Detector, DetectorConfig, WindowVerdict
 from avsentry.pipelines.recognizers import load_recognizer, read_manifest
 from avsentry.pipelines.recognizers.manifest import COMMAND, Manifest, embedded_models, load_document
 from avsentry.pipelines.smoothing import SmoothingConfig, offered_representations
+from avsentry.pipelines.transforms import normalize_transform_spec
 from avsentry.pipelines.types import Prediction
 from avsentry.tools.calibrate import DEFAULT_CONFIDENCE, fit_detector, score_windows, write_card
 from avsentry.tools.recordings import audio_files, labelled_files, served_windows
@@ -61,18 +62,30 @@ def recording_windows(
     window: ``x``, ``y`` (label index; -1 for ``other`` recordings), ``group``, ``loudest`` (the
     recording's loudest window), ``calibration`` (its half), ``clip``, ``source``, ``condition``."""
     spec = manifest.spec
-    files: list[tuple[Path, int, str]] = []
+    files: list[tuple[Path, int, str, str]] = []
     for f, label in labelled_files(clean, spec.labels):
         i = spec.labels.index(label)
-        files.append((f, i, ROLE_GROUPS[manifest.roles[i]]))
+        files.append((f, i, ROLE_GROUPS[manifest.roles[i]], str(f.relative_to(clean))))
     if other is not None:
-        files += [(f, -1, "other") for f in audio_files(other)]
+        files += [(f, -1, "other", f"other/{f.relative_to(other)}") for f in audio_files(other)]
+    # halves: within each label (and the --other set), recordings in the order of a hash of their
+    # path relative to the folder given, alternately, so every label is in both halves and the
+    # split does not change when the folders move
+    halves: dict[str, bool] = {}
+    for key in dict.fromkeys((y, g) for _, y, g, _ in files):
+        names = sorted(
+            (r for _, y, g, r in files if (y, g) == key), key=lambda r: hashlib.sha256(r.encode()).digest()
+        )
+        halves.update({r: j % 2 == 0 for j, r in enumerate(names)})
+        if len(names) < 2:
+            label = "--other" if key[0] < 0 else spec.labels[key[0]]
+            print(f"warning: one recording of {label}: it is in the calibration half only", file=sys.stderr)
     cols: dict[str, list] = {k: [] for k in ("x", "y", "group", "loudest", "calibration", "clip", "source")}
-    for k, (f, y, group) in enumerate(tqdm(files, desc="reading", unit="file", disable=not progress)):
+    for k, (f, y, group, rel) in enumerate(tqdm(files, desc="reading", unit="file", disable=not progress)):
         x, loudest = served_windows(
             f, sample_rate_hz=spec.sample_rate_hz, window=spec.window_samples, hop=hop
         )
-        half = int(hashlib.sha256(str(f.resolve()).encode()).hexdigest(), 16) % 2 == 0
+        half = halves[rel]
         cols["x"].append(x)
         for j in range(len(x)):
             cols["y"].append(y)
@@ -184,6 +197,8 @@ def calibrate_recordings(
     """
     manifest = read_manifest(model)
     out = Path(out) if out is not None else default_output(manifest)
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--out {out}: a card is JSON; name it *.json")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
     rec = load_recognizer(model, backend=backend, device=device)
@@ -203,7 +218,7 @@ def calibrate_recordings(
     candidates = (
         cfg.transforms
         if "transforms" in given
-        else tuple(dict.fromkeys(cfg.transforms + CANDIDATE_TRANSFORMS))
+        else tuple(dict.fromkeys(normalize_transform_spec(t) for t in cfg.transforms + CANDIDATE_TRANSFORMS))
     )
     sigmas: tuple[float, ...] = ()
     if cfg.smoothing is not None:

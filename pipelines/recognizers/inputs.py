@@ -86,19 +86,24 @@ class ModelInput:
     def run(self, fn: Callable[[T], T], batch: T) -> T:
         """``fn`` on the adapted ``batch``, in chunks of the fixed batch size (the last one padded
         with silence and the padding's outputs dropped) when the model has one."""
-        b = self.fixed_batch
-        if b is None or len(batch) == b:
-            return fn(self.adapt(batch))
-        outs = []
-        for s in range(0, len(batch), b):
-            part: Any = batch[s : s + b]
-            n = len(part)
-            if n < b and isinstance(part, torch.Tensor):
-                part = torch.cat([part, part.new_zeros((b - n, part.shape[1]))])
-            elif n < b:
-                part = np.concatenate([part, np.zeros((b - n, part.shape[1]), dtype=part.dtype)])
-            outs.append(fn(self.adapt(part))[:n])
-        return torch.cat(outs) if isinstance(outs[0], torch.Tensor) else np.concatenate(outs)
+        return in_batches_of(self.fixed_batch, lambda part: fn(self.adapt(part)), batch)
+
+
+def in_batches_of(b: int | None, fn: Callable[[T], T], batch: T) -> T:
+    """``fn(batch)``, or, for a graph whose batch size is fixed at ``b``, ``fn`` on chunks of
+    ``b`` (the last one zero-padded, the padding's outputs dropped), concatenated."""
+    if b is None or len(batch) == b:
+        return fn(batch)
+    outs = []
+    for s in range(0, max(len(batch), 1), b):  # an empty batch runs one all-padding chunk
+        part: Any = batch[s : s + b]
+        n = len(part)
+        if n < b and isinstance(part, torch.Tensor):
+            part = torch.cat([part, part.new_zeros((b - n, *part.shape[1:]))])
+        elif n < b:
+            part = np.concatenate([part, np.zeros((b - n, *part.shape[1:]), dtype=part.dtype)])
+        outs.append(fn(part)[:n])
+    return torch.cat(outs) if isinstance(outs[0], torch.Tensor) else np.concatenate(outs)
 
 
 def check_output(out_shape: tuple[int, ...], batch: int, n_labels: int, what: str) -> None:

@@ -78,6 +78,9 @@ DEFAULT_DEFENCE: dict[str, Any] = {
     "smoothing": {"representation": "waveform", "sigma": 0.002, "n": 32, "n0": 8, "alpha": 0.05},
 }
 _SMOOTHING_KEYS = ("representation", "sigma", "n", "n0", "alpha")
+# The sigma a representation gets when none is given for it (units differ: samples; the window's
+# RMS; normalized log-mel).
+DEFAULT_SIGMAS = {"waveform": 0.002, "waveform_rms": 0.1, "logmel": 0.25}
 
 _FIELDS = {
     "name",
@@ -317,18 +320,19 @@ def _roles(labels: tuple[str, ...], table: dict[str, Any]) -> tuple[str, ...]:
     unknown = set(table) - set(ROLES)
     if unknown:
         raise ValueError(f"[label_roles]: unknown role(s) {sorted(unknown)}; known: {', '.join(ROLES)}")
-    roles = {}
-    if table:
-        for role, names in table.items():
-            if not isinstance(names, list) or not all(n in labels for n in names):
-                raise ValueError(f"[label_roles] {role} must list labels of the model, got {names!r}")
-            roles.update(dict.fromkeys(names, role))
-    else:
-        for label in labels:
-            key = label.strip("_").replace("_", "").lower()
-            for role, names in DEFAULT_ROLE_NAMES.items():
-                if key in names:
-                    roles[label] = role
+    roles: dict[str, str] = {}
+    for role, names in table.items():
+        if not isinstance(names, list) or not all(n in labels for n in names):
+            raise ValueError(f"[label_roles] {role} must list labels of the model, got {names!r}")
+        twice = [n for n in names if n in roles]
+        if twice:
+            raise ValueError(f"[label_roles]: {twice} listed under two roles")
+        roles.update(dict.fromkeys(names, role))
+    for label in labels:  # a role not given takes its labels by name
+        key = label.strip("_").replace("_", "").lower()
+        for role, names in DEFAULT_ROLE_NAMES.items():
+            if role not in table and key in names and label not in roles:
+                roles[label] = role
     out = tuple(roles.get(label, COMMAND) for label in labels)
     if COMMAND not in out:
         raise ValueError("[label_roles] leaves no label to guard: at least one label must be neither role")
@@ -356,10 +360,21 @@ def _defence(value: Any) -> dict[str, Any]:
     if unknown:
         known = ", ".join(_SMOOTHING_KEYS)
         raise ValueError(f"[defence.smoothing]: unknown key(s) {sorted(unknown)}; known: {known}")
+    from avsentry.pipelines.smoothing import SmoothingConfig  # here: smoothing imports this package
+
     rep = smoothing.get("representation", DEFAULT_DEFENCE["smoothing"]["representation"])
-    if rep != DEFAULT_DEFENCE["smoothing"]["representation"] and "sigma" not in smoothing:
+    if "sigma" not in smoothing and rep in DEFAULT_SIGMAS:
+        smoothing = {**smoothing, "sigma": DEFAULT_SIGMAS[rep]}
+    if "sigma" not in smoothing:
         raise ValueError(f"[defence.smoothing] representation {rep!r} needs a sigma in its units")
-    return {"transforms": list(transforms), "smoothing": {**DEFAULT_DEFENCE["smoothing"], **smoothing}}
+    merged = {**DEFAULT_DEFENCE["smoothing"], **smoothing}
+    try:
+        checked = SmoothingConfig(**merged)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"[defence.smoothing]: {e}") from e
+    if checked.n0 >= checked.n:
+        raise ValueError(f"[defence.smoothing]: n0 ({checked.n0}) must be < n ({checked.n})")
+    return {"transforms": list(transforms), "smoothing": merged}
 
 
 def load_recognizer(

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import torch
 
 from avsentry.pipelines.recognizers.base import resolve_device, softmax_np
-from avsentry.pipelines.recognizers.inputs import BATCH, ModelInput, check_output
+from avsentry.pipelines.recognizers.inputs import BATCH, ModelInput, check_output, in_batches_of
 from avsentry.pipelines.types import ModelSpec
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
@@ -65,7 +65,7 @@ def graph_input(path: Path, session: ort.InferenceSession, declared: ModelInput)
             f"{path}: input {info.name!r} takes {shape[-1]} samples but the manifest's window_samples is "
             f"{window}; set [input] window_samples = {shape[-1]} (at the model's sample_rate_hz)"
         )
-    # a (batch, 1, samples) graph under a manifest that gave no channel axis: read it off the graph
+    # a manifest without a channel axis takes the graph's (below); one with it needs it in the graph
     if len(shape) == 2 and len(declared.shape) == 3:
         raise ValueError(
             f"{path}: input {info.name!r} has rank {len(shape)} ({shape}) but the manifest's [input] shape "
@@ -81,6 +81,15 @@ def graph_input(path: Path, session: ort.InferenceSession, declared: ModelInput)
         raise ValueError(f"{path}: input is {dtype} but the manifest's [input] dtype is {declared.dtype}")
     rest = (1, window) if len(shape) == 3 else (window,)
     return ModelInput(shape=(declared.fixed_batch or batch, *rest), dtype=dtype, scale=declared.scale)
+
+
+def _fixed_batch(session: ort.InferenceSession) -> int | None:
+    b = session.get_inputs()[0].shape[0]
+    return b if isinstance(b, int) and b > 0 else None
+
+
+def _run_graph(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0], dtype=np.float32)
 
 
 class OnnxRecognizer:
@@ -120,44 +129,47 @@ class OnnxRecognizer:
         self.session = _session(path, self.device, intra_op_threads)
         declared = model_input or ModelInput.for_window(spec.window_samples)
         self.input = graph_input(path, self.session, declared)
-        self._input = self.session.get_inputs()[0].name
         self._stages = {
             rep: (_session(enc, self.device, intra_op_threads), _session(cls, self.device, intra_op_threads))
             for rep, (enc, cls) in (stages or {}).items()
         }
         self.representations: tuple[str, ...] = ("waveform", *self._stages)
-        b = self.input.fixed_batch or 2
-        try:
-            out = self._run(np.zeros((b, spec.window_samples), dtype=np.float32))
-        except Exception as e:  # ORT's own error types
-            raise ValueError(f"{path}: fails on a probe batch of silence: {str(e).strip()[:300]}") from e
-        check_output(out.shape, b, len(spec.labels), f"{path.name}")
-        for rep in self._stages:
-            z = self.encode(torch.zeros(b, spec.window_samples, device=self.device), rep)
-            out_z = self.logits_from(z, rep)
-            check_output(tuple(out_z.shape), b, len(spec.labels), f"{path.name} ({rep} stages)")
+        # one window more than a fixed batch, so the split path is probed too
+        b = (self.input.fixed_batch or 1) + 1
+        for rep in ("waveform", *self._stages):
+            what = path.name if rep == "waveform" else f"{path.name} ({rep} stages)"
+            try:
+                out_z = self.logits_from(
+                    self.encode(torch.zeros(b, spec.window_samples, device=self.device), rep), rep
+                )
+            except Exception as e:  # ORT's own error types
+                raise ValueError(
+                    f"{what}: fails on a probe batch of silence (check the manifest's [input] and the "
+                    f"graphs' inputs): {str(e).strip()[:300]}"
+                ) from e
+            check_output(tuple(out_z.shape), b, len(spec.labels), what)
 
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        def run(x: np.ndarray) -> np.ndarray:
-            return np.asarray(self.session.run(None, {self._input: x})[0], dtype=np.float32)
-
-        return self.input.run(run, np.asarray(batch, dtype=np.float32))
+        return self.input.run(lambda x: _run_graph(self.session, x), np.asarray(batch, dtype=np.float32))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         out = self._run(batch)
         return softmax_np(out) if self.spec.output == "logits" else out
 
     def encode(self, batch: torch.Tensor, representation: str) -> torch.Tensor:
+        """Waveforms -> ``representation``; a stage's encode graph takes what the whole model
+        takes (the manifest's [input] layout, dtype and scale)."""
         self._check_rep(representation)
         if representation == "waveform":
             return batch
         enc = self._stages[representation][0]
-        z = enc.run(None, {enc.get_inputs()[0].name: batch.detach().cpu().numpy().astype(np.float32)})[0]
-        return torch.from_numpy(np.asarray(z, dtype=np.float32)).to(batch.device)
+        x = batch.detach().cpu().numpy().astype(np.float32)
+        z = in_batches_of(_fixed_batch(enc), lambda p: _run_graph(enc, self.input.adapt(p)), x)
+        return torch.from_numpy(z).to(batch.device)
 
     def logits_from(self, z: torch.Tensor, representation: str) -> torch.Tensor:
         self._check_rep(representation)
@@ -165,8 +177,8 @@ class OnnxRecognizer:
             out = self._run(z.detach().cpu().numpy())
         else:
             cls = self._stages[representation][1]
-            out = cls.run(None, {cls.get_inputs()[0].name: z.detach().cpu().numpy().astype(np.float32)})[0]
-            out = np.asarray(out, dtype=np.float32)
+            zn = z.detach().cpu().numpy().astype(np.float32)
+            out = in_batches_of(_fixed_batch(cls), lambda p: _run_graph(cls, p), zn)
         if self.spec.output == "probabilities":
             out = np.log(np.clip(out, 1e-12, None))
         return torch.from_numpy(out).to(z.device)

@@ -61,7 +61,7 @@ class TorchRecognizer:
         self._probe(what or f"model {spec.name!r}")
 
     def _probe(self, what: str) -> None:
-        b = self.input.fixed_batch or 2
+        b = (self.input.fixed_batch or 1) + 1  # one more than a fixed batch: the split is probed too
         x = torch.zeros(b, self.spec.window_samples, device=self.device)
         try:
             with torch.no_grad():

@@ -109,6 +109,7 @@ def test_onnx_layouts_fixed_batch_and_scale(tmp_path, windows) -> None:
     rec = load_recognizer(manifest(tmp_path, "onnx", "m.onnx"), backend="onnx")
     assert rec.input.fixed_batch == 3
     np.testing.assert_allclose(rec.predict(windows), expected(module, windows), atol=1e-5)
+    assert rec.predict(windows[:0]).shape == (0, 3)
     # a model trained on int16 amplitudes
     module = Tiny(scale=32768.0)
     export(tmp_path, "onnx", module, torch.zeros(2, WINDOW))
@@ -144,8 +145,11 @@ def test_wrong_inputs_and_outputs_fail_at_load_with_the_field_to_fix(tmp_path) -
         ("smoothing = false\n", r"'smoothing' belongs in \[defence\] smoothing"),
         ("[defence]\nsigma = 0.1\n", r"\[defence\]: unknown key"),
         ("[defence]\ntransforms = ['mp4']\n", "mp4"),
-        ("[defence.smoothing]\nrepresentation = 'logmel'\n", "needs a sigma"),
+        ("[defence.smoothing]\nrepresentation = 'spectrogram'\n", "needs a sigma"),
         ("[label_roles]\nother = ['zzz']\n", "label_roles"),
+        ("[label_roles]\nother = ['_unknown_']\nno_speech = ['_unknown_']\n", "two roles"),
+        ("[defence.smoothing]\nn0 = 40\n", "n0"),
+        ("[defence.smoothing]\nsigma = -1.0\n", "sigma"),
         ("[input]\nsample_rate_hz = 16000\nwindow_samples = 4000\nlayout = 'x'\n", "unknown key"),
     ],
 )
@@ -167,6 +171,9 @@ def test_defence_and_roles_come_from_the_manifest(tmp_path) -> None:
     )
     m = read_manifest(p)
     assert m.roles == ("command", "command", "other", "no_speech")
+    text = p.read_text(encoding="utf-8").replace("[defence]", "[label_roles]\nother = ['stop']\n[defence]")
+    p.write_text(text, encoding="utf-8")  # a role given replaces that role's defaults only
+    assert read_manifest(p).roles == ("command", "other", "command", "no_speech")
     cfg, calibrated = DetectorConfig.from_card(m.detector)
     assert cfg.smoothing is None and [t.split(":")[0] for t in cfg.transforms] == ["opus"] and not calibrated
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from avsentry.stream.commands import local_server
-from avsentry.stream.config import ServerConfig
+from avsentry.stream.config import ServerConfig, load_config
 
 AVSENTRY = [sys.executable, "-m", "avsentry"]
 
@@ -86,3 +86,10 @@ def test_guard_your_own_model(kws) -> None:
     assert [d["name"].split(":")[0] for d in v["defended"]] == [
         t.split(":")[0] for t in det["config"]["transforms"]
     ] + (["smoothing"] if det["config"].get("smoothing") else [])
+
+
+def test_allow_uncalibrated_is_a_boolean(tmp_path) -> None:
+    p = tmp_path / "server.toml"
+    p.write_text('[model]\nallow_uncalibrated = "false"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="allow_uncalibrated must be true or false"):
+        load_config(p)
