@@ -425,7 +425,7 @@ def run_cli(args: argparse.Namespace, cfg: DetectorConfig) -> int:
     """``avsentry calibrate`` without ``--clean``: calibrate ``cfg`` (the model's defence with the
     flags applied) for the digit model on the synthetic corpus, write a new card and print the
     figures."""
-    from avsentry.tools.calibrate_recordings import default_output
+    from avsentry.tools.calibrate_recordings import card_output
 
     manifest = read_manifest(args.model)
     if manifest.spec.labels != synth.LABELS:
@@ -438,11 +438,7 @@ def run_cli(args: argparse.Namespace, cfg: DetectorConfig) -> int:
             f"corpus {args.data} not found: 'avsentry train' synthesises it (about 15 min), or calibrate "
             "on your own recordings with --clean DIR"
         )
-    out = Path(args.out) if args.out is not None else default_output(manifest)
-    if out.suffix.lower() != ".json":
-        raise ValueError(f"--out {out}: a card is JSON; name it *.json")
-    if out.exists() and not args.force:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
+    out = card_output(manifest, args.out, overwrite=args.force)
     card = calibrate(
         manifest.path,
         args.data,

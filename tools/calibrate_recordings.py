@@ -47,12 +47,27 @@ ROLE_GROUPS = {COMMAND: "commands", "other": "other", "no_speech": "no_speech"}
 DEFAULT_TOLERANCE = 0.05
 
 
-def default_output(manifest: Manifest) -> Path:
-    """Where the new card goes: next to the manifest (``NAME.card.json``), or under ``runs/``
-    for an embedded model."""
-    if manifest.path in embedded_models().values():
-        return Path("runs") / manifest.spec.name / "card.json"
-    return manifest.path.with_name(f"{manifest.path.stem}.card.json")
+def card_output(manifest: Manifest, out: Path | None, *, overwrite: bool) -> Path:
+    """Where the new card goes: ``out``, or next to the manifest (``NAME.card.json``; under
+    ``runs/NAME/`` for an embedded model).
+
+    Raises:
+        ValueError: ``out`` is not a ``.json`` file (a card is JSON).
+        FileExistsError: it exists and ``overwrite`` is false.
+    """
+    if out is None:
+        embedded = manifest.path in embedded_models().values()
+        out = (
+            Path("runs") / manifest.spec.name / "card.json"
+            if embedded
+            else manifest.path.with_name(f"{manifest.path.stem}.card.json")
+        )
+    out = Path(out)
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--out {out}: a card is JSON; name it *.json")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
+    return out
 
 
 def recording_windows(
@@ -196,11 +211,7 @@ def calibrate_recordings(
         ValueError: unusable recordings, or no threshold holds the target.
     """
     manifest = read_manifest(model)
-    out = Path(out) if out is not None else default_output(manifest)
-    if out.suffix.lower() != ".json":
-        raise ValueError(f"--out {out}: a card is JSON; name it *.json")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --force to replace it")
+    out = card_output(manifest, out, overwrite=overwrite)
     rec = load_recognizer(model, backend=backend, device=device)
     if cfg.smoothing is not None and cfg.smoothing.representation not in offered_representations(rec):
         raise ValueError(
