@@ -119,8 +119,31 @@ class DigitNet(nn.Module):
 
     # -- stages ---------------------------------------------------------------------------
     def magnitude(self, wave: torch.Tensor) -> torch.Tensor:
-        """``(batch, samples)`` -> magnitude spectrogram ``(batch, n_fft/2+1, frames)``."""
-        return self.spectrogram(wave)
+        """``(batch, samples)`` -> magnitude spectrogram ``(batch, n_fft/2+1, frames)``.
+
+        When a gradient is wanted, ``|X|`` is computed as ``sqrt(max(re^2 + im^2, 1e-30))``:
+        the same values (up to 1e-15 where a bin is exactly zero, e.g. in zero padding), but a
+        gradient of 0 there instead of the NaN of ``abs`` on a complex zero, which would poison
+        a white-box attack's whole clip. Without a gradient (inference, ONNX export) it is the
+        plain spectrogram.
+        """
+        if not (torch.is_grad_enabled() and wave.requires_grad):
+            return self.spectrogram(wave)
+        s = self.spectrogram
+        spec = torchaudio.functional.spectrogram(
+            wave,
+            pad=s.pad,
+            window=s.window,
+            n_fft=s.n_fft,
+            hop_length=s.hop_length,
+            win_length=s.win_length,
+            power=None,
+            normalized=s.normalized,
+            center=s.center,
+            pad_mode=s.pad_mode,
+            onesided=s.onesided,
+        )
+        return torch.view_as_real(spec).pow(2).sum(-1).clamp_min(1e-30).sqrt()
 
     def logmel_from_magnitude(self, mag: torch.Tensor) -> torch.Tensor:
         """Magnitude -> normalized log-mel ``(batch, n_mels, frames)`` (power mel, log, z-score)."""
