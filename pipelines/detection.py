@@ -58,7 +58,7 @@ from avsentry.pipelines.transforms import (
     Transform,
     codec_executor,
     normalize_transform_spec,
-    transform_from_spec,
+    transform_for_input,
 )
 from avsentry.pipelines.types import Abstain, Certified, Prediction
 
@@ -395,9 +395,8 @@ class Detector:
         self.recognizer = recognizer
         self.config = config or DetectorConfig()
         self._executor = executor
-        rate = recognizer.spec.sample_rate_hz
         self.transforms: list[Transform] = [
-            transform_from_spec(spec, sample_rate_hz=rate) for spec in self.config.transforms
+            transform_for_input(spec, recognizer.spec.input) for spec in self.config.transforms
         ]
         s = self.config.smoothing
         if s is not None and s.representation not in offered_representations(recognizer):
@@ -405,7 +404,7 @@ class Detector:
                 f"smoothing representation {s.representation!r} is not offered by model "
                 f"{recognizer.spec.name!r} (offers {offered_representations(recognizer)})"
             )
-        window = recognizer.spec.window_samples
+        window = recognizer.spec.window_shape[0]  # time: samples or frames
         self._parts_per_window = sum(
             len(t.segment_bounds(window)) for t in self.transforms if isinstance(t, SegmentedTransform)
         )
@@ -419,7 +418,7 @@ class Detector:
         """A fresh :class:`StreamState` for one stream analyzed by this detector."""
         return StreamState(
             owner=id(self),
-            horizon=self.recognizer.spec.window_samples,
+            horizon=self.recognizer.spec.window_shape[0],
             max_entries=max(1, 4 * self._parts_per_window),
         )
 
@@ -439,7 +438,7 @@ class Detector:
         states: Sequence[StreamState | None] | None = None,
         on_raw: Callable[[np.ndarray], None] | None = None,
     ) -> list[WindowVerdict]:
-        """Verdicts for ``(batch, window_samples)`` float32 windows.
+        """Verdicts for ``(batch, *window_shape)`` float32 windows (audio windows or video clips).
 
         Codec parts of all windows are submitted to the executor first; the raw forward pass,
         the other transforms and smoothing run on this thread meanwhile; then the defended copies
@@ -447,10 +446,11 @@ class Detector:
         batched with and whether its parts were reused or encoded afresh.
 
         Args:
-            windows: Mono windows at the model's rate, in its input bounds. Not modified.
+            windows: Windows as the model's input spec has them (mono audio at its rate, or RGB
+                clips), in its input bounds. Not modified.
             keys: Per-window integers (e.g. start sample) that seed its randomness;
                 defaults to ``0..batch-1``.
-            starts: Per-window first sample at the model's rate within its stream; needed with
+            starts: Per-window first sample (or frame) at the model's rate within its stream; needed with
                 ``states`` (to know which parts later windows may still reuse).
             states: Per-window :class:`StreamState` of its stream (from :meth:`stream_state`),
                 or ``None`` for a window with no stream to reuse parts from.
@@ -462,10 +462,9 @@ class Detector:
                 the wrong length or from another detector.
         """
         x = np.asarray(windows, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.recognizer.spec.window_samples:
-            raise ValueError(
-                f"expected (batch, {self.recognizer.spec.window_samples}) windows, got {x.shape}"
-            )
+        shape = self.recognizer.spec.window_shape
+        if x.shape[1:] != shape:
+            raise ValueError(f"expected (batch, {', '.join(map(str, shape))}) windows, got {x.shape}")
         if not np.isfinite(x).all():
             raise ValueError("windows contain NaN or Inf")
         keys = list(range(len(x))) if keys is None else [int(k) for k in keys]
@@ -510,7 +509,7 @@ class Detector:
                 defended.append((t.name, probs[j * len(x) : (j + 1) * len(x)]))
         if mean_probs is not None:
             defended.append(("smoothing", mean_probs))
-        norms = np.linalg.norm(x.astype(np.float64), axis=1)
+        norms = np.linalg.norm(x.reshape(len(x), -1).astype(np.float64), axis=1)
         return [
             self._verdict(i, raw[i], defended, smoothed[i], certs[i], votes[i], float(norms[i]))
             for i in range(len(x))
@@ -638,8 +637,8 @@ class Detector:
             p_lower = lower_confidence_bound(int(votes[raw_label]), int(votes.sum()), s.alpha)
             radius = detection_radius(p_lower, s.sigma, 0.5 if p_min is None else p_min)
             if radius > 0:
-                window = self.recognizer.spec.window_samples
-                snr_db = guaranteed_snr_db(norm, radius, s.representation, window)
+                size = math.prod(self.recognizer.spec.window_shape)
+                snr_db = guaranteed_snr_db(norm, radius, s.representation, size)
         uncertified = p_min is not None and (p_lower is None or p_lower < p_min)
         flagged = not finite or over or uncertified
         if isinstance(smoothed, Abstain):

@@ -92,9 +92,10 @@ def window_fields(
     window_index: int,
     start_sample: int,
     end_sample: int,
-    sample_rate_hz: int,
+    sample_rate_hz: float,
 ) -> dict:
-    """The identifying fields of a record; bounds in the input's samples and seconds."""
+    """The identifying fields of a record; bounds in the input's samples (frames for video, at
+    ``sample_rate_hz`` = its frame rate) and seconds."""
     return {
         "request_id": request_id,
         "model": model,

@@ -1,12 +1,16 @@
-"""Window buffering for one audio stream: ``push(chunk) -> windows``, ``flush() -> windows``.
+"""Window buffering for one stream: ``push(chunk) -> windows``, ``flush() -> windows``.
 
-Chunks of interleaved frames at any rate and channel count are downmixed (channel mean) and
+One protocol for every modality: :class:`StreamSession` (audio) and :class:`VideoSession`
+(video) both push chunks in and get :class:`Window` objects out, cut by one windowing core.
+
+Audio chunks of interleaved frames at any rate and channel count are downmixed (channel mean) and
 resampled to the model's rate by the project's one resampler
 (:class:`avsentry.pipelines.audio_io.Resampler`, libswresample, stateful), so a stream cut into
 any chunks gives exactly the windows of the whole clip, and the windows are those of
 :func:`avsentry.pipelines.windowing.frame` over the whole resampled signal: a window every
 ``hop`` samples, the last partial one zero-padded. Samples are clipped to [-1, 1] and checked to
-be finite after downmixing and resampling.
+be finite after downmixing and resampling. Video frames are scaled to the model's frame size and
+brought to its frame rate before they are cut into clips.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from avsentry.pipelines.audio_io import Resampler
 
@@ -28,21 +33,81 @@ class Window:
 
     Attributes:
         index: 0, 1, 2... within the stream.
-        samples: ``(window,)`` float32 at the model's rate.
-        start: First sample at the model's rate (also the window's randomness key).
-        start_in / end_in: Sample range in the client's stream (its rate); ``end_in`` is
-            exclusive and can pass the end of the audio for the zero-padded last window.
+        data: The window as the model's input spec has it: ``(window,)`` float32 audio at the
+            model's rate, or a ``(frames, height, width, 3)`` float32 clip.
+        start: First sample (or frame) at the model's rate (also the window's randomness key).
+        start_in / end_in: Sample (or frame) range in the client's stream (its rate); ``end_in``
+            is exclusive and can pass the end of the stream for the padded last window.
     """
 
     index: int
-    samples: np.ndarray
+    data: np.ndarray
     start: int
     start_in: int
     end_in: int
 
 
+class _Windower:
+    """Cuts a growing signal (time on the first axis) into windows of ``window`` every ``hop``,
+    the last partial one zero-padded: the windows of :func:`~avsentry.pipelines.windowing.frame`
+    over the whole signal, whatever pieces it arrives in. Keeps only what later windows need."""
+
+    def __init__(self, *, window: int, hop: int, item_shape: tuple[int, ...], rate_ratio: float) -> None:
+        if window < 1 or not 1 <= hop <= window:
+            raise ValueError(f"need window >= 1 and 1 <= hop <= window, got window={window}, hop={hop}")
+        self.window = window
+        self.hop = hop
+        self.item_shape = item_shape
+        self.rate_ratio = rate_ratio  # input-stream steps per model step
+        self._buf = np.zeros((0, *item_shape), np.float32)  # model-rate steps from _buf_start on
+        self._buf_start = 0
+        self._total = 0  # model-rate steps received so far
+        self._next = 0  # next window start
+        self._index = 0
+
+    def append(self, x: np.ndarray) -> None:
+        if len(x):
+            self._buf = np.concatenate([self._buf, x.astype(np.float32, copy=False)])
+            self._total += len(x)
+
+    def _take(self, start: int) -> np.ndarray:
+        out = np.zeros((self.window, *self.item_shape), np.float32)
+        seg = self._buf[start - self._buf_start : start - self._buf_start + self.window]
+        out[: len(seg)] = seg
+        return out
+
+    def _emit(self, start: int) -> Window:
+        w = Window(
+            index=self._index,
+            data=self._take(start),
+            start=start,
+            start_in=int(round(start * self.rate_ratio)),
+            end_in=int(round((start + self.window) * self.rate_ratio)),
+        )
+        self._index += 1
+        return w
+
+    def windows(self, *, final: bool) -> list[Window]:
+        out = []
+        while self._next + self.window <= self._total:
+            out.append(self._emit(self._next))
+            self._next += self.hop
+        if (
+            final
+            and self._total > 0
+            and (self._index == 0 or self._next - self.hop + self.window < self._total)
+        ):
+            out.append(self._emit(self._next))
+            self._next += self.hop
+        drop = self._next - self._buf_start
+        if drop > 0:
+            self._buf = self._buf[drop:]
+            self._buf_start = self._next
+        return out
+
+
 class StreamSession:
-    """Buffers one stream and cuts it into windows.
+    """Buffers one audio stream and cuts it into windows.
 
     Args:
         input_rate_hz: Rate of the pushed audio.
@@ -67,8 +132,9 @@ class StreamSession:
             raise ValueError("sample rates must be positive")
         if channels < 1:
             raise ValueError("channels must be >= 1")
-        if window < 1 or not 1 <= hop <= window:
-            raise ValueError(f"need window >= 1 and 1 <= hop <= window, got window={window}, hop={hop}")
+        self._windower = _Windower(
+            window=window, hop=hop, item_shape=(), rate_ratio=input_rate_hz / model_rate_hz
+        )
         self.input_rate_hz = input_rate_hz
         self.channels = channels
         self.model_rate_hz = model_rate_hz
@@ -78,11 +144,6 @@ class StreamSession:
         self._resampler = Resampler(
             input_rate_hz=input_rate_hz, output_rate_hz=model_rate_hz, channels=channels
         )
-        self._buf = np.zeros(0, np.float32)  # model-rate samples from _buf_start on
-        self._buf_start = 0
-        self._total = 0  # model-rate samples received so far
-        self._next = 0  # next window start
-        self._index = 0
         self.input_samples = 0
         self._flushed = False
 
@@ -107,7 +168,7 @@ class StreamSession:
         mono = self._resampler.push(np.clip(x, -1.0, 1.0))
         self.input_samples += n
         self._append(mono)
-        return self._windows(final=False)
+        return self._windower.windows(final=False)
 
     def flush(self) -> list[Window]:
         """End of stream: drain the resampler and emit the last (zero-padded) window."""
@@ -115,49 +176,125 @@ class StreamSession:
             return []
         self._flushed = True
         self._append(self._resampler.flush())
-        return self._windows(final=True)
+        return self._windower.windows(final=True)
 
-    # -- internals ----------------------------------------------------------------------------
     def _append(self, x: np.ndarray) -> None:
         if not np.isfinite(x).all():
             raise ValueError("audio is not finite after downmixing and resampling")
-        if len(x):
-            self._buf = np.concatenate([self._buf, x])
-            self._total += len(x)
+        self._windower.append(x)
 
-    def _take(self, start: int) -> np.ndarray:
-        out = np.zeros(self.window, np.float32)
-        seg = self._buf[start - self._buf_start : start - self._buf_start + self.window]
-        out[: len(seg)] = seg
-        return out
 
-    def _emit(self, start: int) -> Window:
-        ratio = self.input_rate_hz / self.model_rate_hz
-        w = Window(
-            index=self._index,
-            samples=self._take(start),
-            start=start,
-            start_in=int(round(start * ratio)),
-            end_in=int(round((start + self.window) * ratio)),
+class VideoSession:
+    """Buffers one video stream and cuts it into clips (the video half of the session protocol:
+    ``push(frames) -> clips``, ``flush() -> clips``).
+
+    Frames arrive as ``(n, height, width, 3)`` RGB, uint8 (0..255) or float (0..1), at the
+    stream's ``input_fps``. They are scaled to the model's frame size (area averaging when
+    shrinking, bilinear when growing) and brought to the model's ``fps`` by taking, for each
+    model frame time, the latest input frame shown at that time (frames are dropped or repeated,
+    never blended), so a stream cut into any pieces gives the clips of the whole. A clip is
+    ``clip_frames`` model frames every ``hop`` frames; the last partial clip is padded with black
+    frames.
+
+    Args:
+        input_fps: Frame rate of the pushed frames.
+        input_height / input_width: Size of the pushed frames.
+        model_fps: Frame rate of the clips.
+        height / width: Frame size of the clips.
+        clip_frames: Frames per clip.
+        hop: Hop in frames at the model rate.
+        max_input_frames: Cap on the stream length in input frames (``None``: no cap).
+    """
+
+    def __init__(
+        self,
+        *,
+        input_fps: float,
+        input_height: int,
+        input_width: int,
+        model_fps: float,
+        height: int,
+        width: int,
+        clip_frames: int,
+        hop: int,
+        max_input_frames: int | None = None,
+    ) -> None:
+        if not (input_fps > 0 and model_fps > 0):
+            raise ValueError("frame rates must be positive")
+        if min(input_height, input_width, height, width) < 1:
+            raise ValueError("frame sizes must be positive")
+        self.input_fps = float(input_fps)
+        self.model_fps = float(model_fps)
+        self.input_size = (int(input_height), int(input_width))
+        self.size = (int(height), int(width))
+        self.max_input_frames = max_input_frames
+        self._windower = _Windower(
+            window=clip_frames, hop=hop, item_shape=(height, width, 3), rate_ratio=input_fps / model_fps
         )
-        self._index += 1
-        return w
+        self.input_frames = 0
+        self._emitted = 0  # model frames made so far
+        self._last: np.ndarray | None = None  # the latest input frame, scaled
+        self._flushed = False
 
-    def _windows(self, *, final: bool) -> list[Window]:
+    def push(self, frames: np.ndarray) -> list[Window]:
+        """Add ``(n, input_height, input_width, 3)`` frames.
+
+        Raises:
+            ValueError: wrong shape, float values outside [0, 1] or not finite.
+            StreamTooLong: the stream passed ``max_input_frames``.
+        """
+        if self._flushed:
+            raise RuntimeError("push after flush")
+        x = np.asarray(frames)
+        want = (*self.input_size, 3)
+        if x.ndim != 4 or x.shape[1:] != want:
+            raise ValueError(f"expected frames (n, {want[0]}, {want[1]}, 3), got shape {x.shape}")
+        if x.dtype == np.uint8:
+            x = x.astype(np.float32) / 255.0
+        else:
+            x = x.astype(np.float32, copy=False)
+            if not np.isfinite(x).all():
+                raise ValueError("frames contain NaN or Inf values")
+            if x.size and (x.min() < 0.0 or x.max() > 1.0):
+                raise ValueError("float frames must hold RGB values in [0, 1]")
+        n = len(x)
+        if self.max_input_frames is not None and self.input_frames + n > self.max_input_frames:
+            raise StreamTooLong(
+                f"stream exceeds {self.max_input_frames / self.input_fps:.0f} s "
+                f"({self.max_input_frames} frames at {self.input_fps:g} fps)"
+            )
         out = []
-        while self._next + self.window <= self._total:
-            out.append(self._emit(self._next))
-            self._next += self.hop
-        if (
-            final
-            and self._total > 0
-            and (self._index == 0 or self._next - self.hop + self.window < self._total)
-        ):
-            out.append(self._emit(self._next))
-            self._next += self.hop
-        # keep only what later windows still need
-        drop = self._next - self._buf_start
-        if drop > 0:
-            self._buf = self._buf[drop:]
-            self._buf_start = self._next
-        return out
+        scaled = scale_frames(x, self.size) if n else x
+        for i in range(n):  # model frame k shows the latest input frame at time k / model_fps
+            self._last = scaled[i]
+            index = self.input_frames + i
+            next_time = (index + 1) / self.input_fps
+            while self._emitted / self.model_fps < next_time - 1e-9:
+                out.append(self._last)
+                self._emitted += 1
+        self.input_frames += n
+        if out:
+            self._windower.append(np.stack(out))
+        return self._windower.windows(final=False)
+
+    def flush(self) -> list[Window]:
+        """End of stream: emit the last (black-padded) clip."""
+        if self._flushed:
+            return []
+        self._flushed = True
+        return self._windower.windows(final=True)
+
+
+def scale_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(n, h, w, 3)`` float32 frames -> ``(n, *size, 3)``: area averaging when shrinking,
+    bilinear when growing, unchanged at the same size."""
+    if frames.shape[1:3] == size:
+        return frames
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    shrink = size[0] <= frames.shape[1] and size[1] <= frames.shape[2]
+    with torch.no_grad():
+        if shrink:
+            y = torch.nn.functional.interpolate(x, size=size, mode="area")
+        else:
+            y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return y.clamp(0.0, 1.0).permute(0, 2, 3, 1).contiguous().numpy()

@@ -74,7 +74,7 @@ def guaranteed_snr_db(norm_x: float, radius: float, representation: str, samples
     """The signal-to-perturbation ratio (dB, relative to the received window of L2 norm
     ``norm_x``) above which every waveform perturbation stays within the certified ``radius``.
 
-    - ``waveform``: ``20 log10(norm_x / radius)``.
+    - ``waveform`` (and ``pixels``, noise on a video clip itself): ``20 log10(norm_x / radius)``.
     - ``waveform_rms``: the normalization ``N`` maps a perturbation ``delta`` of the received
       ``x'`` to at most ``sqrt(d) * 2 sin(asin(rho) / 2)`` with ``rho = ||delta|| / ||x'||``
       while both stay above the floor (they differ by an angle of at most ``asin(rho)`` and
@@ -86,13 +86,13 @@ def guaranteed_snr_db(norm_x: float, radius: float, representation: str, samples
 
     ``inf`` for a zero radius (nothing is covered), ``-inf`` for a silent window.
     """
-    if representation not in ("waveform", WAVEFORM_RMS):
+    if representation not in ("waveform", "pixels", WAVEFORM_RMS):
         return None
     if radius <= 0:
         return math.inf
     if norm_x <= 0:
         return -math.inf
-    if representation == "waveform":
+    if representation != WAVEFORM_RMS:
         return 20.0 * math.log10(norm_x / radius)
     root_d = math.sqrt(samples)
     covered = radius * RMS_FLOOR  # the global Lipschitz bound

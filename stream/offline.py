@@ -1,4 +1,5 @@
-"""``avsentry check``: a verdict for every window of audio files, in process, without a server.
+"""``avsentry check``: a verdict for every window of audio files (or clip of video files), in
+process, without a server.
 
 A file is judged exactly as the server judges it when the file is streamed (``avsentry stream
 FILE``): decoded at its own rate and channels by :class:`~avsentry.pipelines.audio_io.AudioFile`,
@@ -16,6 +17,7 @@ for the streaming clients (:mod:`avsentry.stream.commands`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import sys
@@ -29,7 +31,9 @@ from avsentry.pipelines.audio_io import AudioFile, AudioReadError
 from avsentry.pipelines.detection import Detector, DetectorConfig
 from avsentry.pipelines.recognizers import load_recognizer, read_manifest
 from avsentry.pipelines.report import VerdictRecord, format_line, from_verdict, to_dict, window_fields
-from avsentry.pipelines.session import StreamSession, Window
+from avsentry.pipelines.session import StreamSession, VideoSession, Window
+from avsentry.pipelines.types import ModelSpec
+from avsentry.pipelines.video_io import VideoFile, VideoReadError
 
 EXIT_FLAGGED = 3
 # Files at least this long (declared duration, in seconds) get a progress bar on a terminal.
@@ -133,21 +137,70 @@ def refuse_uncalibrated(model: str, threshold: float | None, *, allowed: bool, f
         )
 
 
-def hop_samples(hop_ms: int, *, sample_rate_hz: int, window: int) -> int:
-    """A hop in model-rate samples, as the server computes it.
+def hop_samples(hop_ms: float, *, rate_hz: float, window: int, unit: str = "sample") -> int:
+    """A hop in model-rate steps (audio samples, video frames), as the server computes it.
 
     Raises:
-        ValueError: a hop under one sample or longer than the window (it would skip audio).
+        ValueError: a hop under one step or longer than the window (it would skip input).
     """
-    hop = round(hop_ms * sample_rate_hz / 1000)
+    hop = round(hop_ms * rate_hz / 1000)
     if hop > window:
         raise ValueError(
-            f"--hop-ms {hop_ms} is longer than the model's {1000 * window / sample_rate_hz:g} ms window "
-            f"({window} samples at {sample_rate_hz} Hz): windows would skip audio"
+            f"--hop-ms {hop_ms:g} is longer than the model's {1000 * window / rate_hz:g} ms window "
+            f"({window} {unit}s at {rate_hz:g} Hz): windows would skip input"
         )
     if hop < 1:
-        raise ValueError(f"--hop-ms {hop_ms} is shorter than one sample at {sample_rate_hz} Hz")
+        raise ValueError(f"--hop-ms {hop_ms:g} is shorter than one {unit} at {rate_hz:g} Hz")
     return hop
+
+
+def default_hop_ms(spec: ModelSpec) -> float:
+    """Half a window for audio (500 ms for a 1 s window, overlapping windows catch a word that
+    straddles two); a whole clip for video (consecutive clips, half the work)."""
+    return 1000 * spec.window_s / (2 if spec.modality == "audio" else 1)
+
+
+def model_hop(spec: ModelSpec, hop_ms: float | None) -> int:
+    """``--hop-ms`` (default :func:`default_hop_ms`) in the model's steps."""
+    return hop_samples(
+        default_hop_ms(spec) if hop_ms is None else hop_ms,
+        rate_hz=spec.input.rate_hz,
+        window=spec.window_shape[0],
+        unit="sample" if spec.modality == "audio" else "frame",
+    )
+
+
+@contextlib.contextmanager
+def _stream_of(
+    spec: ModelSpec, path: Path, hop: int
+) -> Iterator[tuple[Any, Iterator[np.ndarray], float, float | None]]:
+    """A session cutting the file into the model's windows, the file's blocks, its rate (Hz or
+    fps) and its declared duration."""
+    if spec.modality == "video":
+        video = spec.video
+        with VideoFile(path) as reader:
+            info = reader.info
+            session: StreamSession | VideoSession = VideoSession(
+                input_fps=info.fps,
+                input_height=info.height,
+                input_width=info.width,
+                model_fps=video.fps,
+                height=video.height,
+                width=video.width,
+                clip_frames=video.frames,
+                hop=hop,
+            )
+            yield session, reader.blocks(), info.fps, info.duration_s
+        return
+    with AudioFile(path) as audio:
+        session = StreamSession(
+            input_rate_hz=audio.info.sample_rate_hz,
+            channels=audio.info.channels,
+            model_rate_hz=spec.sample_rate_hz,
+            window=spec.window_samples,
+            hop=hop,
+        )
+        yield session, audio.blocks(), audio.info.sample_rate_hz, audio.info.duration_s
 
 
 def check_file(
@@ -159,37 +212,31 @@ def check_file(
     batch: int = BATCH_WINDOWS,
     on_progress: Callable[[float, float | None], None] | None = None,
 ) -> Iterator[VerdictRecord]:
-    """The verdict of every window of one file, in order, cut and keyed as the server does.
+    """The verdict of every window (audio) or clip (video) of one file, in order, cut and keyed
+    as the server does.
 
     Args:
         detector: Judges the windows; its config's threshold is the one in force.
-        path: Any file FFmpeg decodes.
-        hop: Hop in model-rate samples (see :func:`hop_samples`).
+        path: Any file FFmpeg decodes: audio for an audio model, video for a video model.
+        hop: Hop in model-rate samples or frames (see :func:`model_hop`).
         calibrated: Whether the threshold was calibrated for the detector's config.
         batch: Windows per detector call (verdicts do not depend on it).
-        on_progress: Called with (seconds of audio judged, declared duration or ``None``).
+        on_progress: Called with (seconds judged, declared duration or ``None``).
 
     Raises:
-        AudioReadError: missing, unreadable, empty or non-finite audio, a rate or channel count
-            out of bounds (possibly after some verdicts were yielded).
+        AudioReadError / VideoReadError: missing, unreadable, empty or non-finite input, or
+            limits passed (possibly after some verdicts were yielded).
     """
     spec = detector.recognizer.spec
     state = detector.stream_state()
-    with AudioFile(path) as audio:
-        rate = audio.info.sample_rate_hz
-        session = StreamSession(
-            input_rate_hz=rate,
-            channels=audio.info.channels,
-            model_rate_hz=spec.sample_rate_hz,
-            window=spec.window_samples,
-            hop=hop,
-        )
+    error_type = VideoReadError if spec.modality == "video" else AudioReadError
+    with _stream_of(spec, path, hop) as (session, blocks, rate, duration_s):
 
         def judge(windows: list[Window]) -> Iterator[VerdictRecord]:
             if not windows:
                 return
             starts = [w.start for w in windows]
-            x = np.stack([w.samples for w in windows])
+            x = np.stack([w.data for w in windows])
             verdicts = detector.analyze(x, keys=starts, starts=starts, states=[state] * len(windows))
             for w, v in zip(windows, verdicts, strict=True):
                 yield from_verdict(
@@ -207,16 +254,18 @@ def check_file(
                     ),
                 )
             if on_progress is not None:
-                on_progress(windows[-1].end_in / rate, audio.info.duration_s)
+                on_progress(windows[-1].end_in / rate, duration_s)
 
         if on_progress is not None:
-            on_progress(0.0, audio.info.duration_s)
+            on_progress(0.0, duration_s)
         pending: list[Window] = []
-        for block in audio.blocks():
+        for block in blocks:
             try:
                 pending += session.push(block)
             except ValueError as e:
-                raise AudioReadError(f"{path}: {e}") from e
+                if isinstance(e, AudioReadError | VideoReadError):
+                    raise
+                raise error_type(f"{path}: {e}") from e
             if len(pending) >= batch:
                 yield from judge(pending)
                 pending = []
@@ -225,11 +274,12 @@ def check_file(
 
 
 class _Progress:
-    """A tqdm bar on stderr over one file's seconds of audio, for long files on a terminal."""
+    """A tqdm bar on stderr over one file's seconds, for long files on a terminal."""
 
-    def __init__(self, path: Path, *, quiet: bool) -> None:
+    def __init__(self, path: Path, *, quiet: bool, medium: str = "audio") -> None:
         self.path = path
         self.quiet = quiet
+        self.medium = medium
         self._bar: Any = None
 
     def update(self, seconds: float, duration_s: float | None) -> None:
@@ -241,11 +291,13 @@ class _Progress:
             from tqdm import tqdm
 
             if duration_s is None:  # the header does not say: count seconds, no percentage
-                total, fmt = None, "{desc}: {n:.0f} s of audio [{elapsed}]"
+                total, fmt = None, "{desc}: {n:.0f} s of " + self.medium + " [{elapsed}]"
             else:
                 total = round(duration_s, 1)
                 fmt = (
-                    "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]"
+                    "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of "
+                    + self.medium
+                    + " [{elapsed}<{remaining}]"
                 )
             self._bar = tqdm(
                 total=total,
@@ -279,11 +331,7 @@ def run_check(args: argparse.Namespace) -> int:
     """``avsentry check``: 0, 1 when a file could not be read, 3 on a flag with ``--fail-on-flag``."""
     manifest = read_manifest(args.model)
     spec = manifest.spec
-    hop = hop_samples(
-        500 if args.hop_ms is None else args.hop_ms,
-        sample_rate_hz=spec.sample_rate_hz,
-        window=spec.window_samples,
-    )
+    hop = model_hop(spec, args.hop_ms)
     detector, calibrated = detector_from_args(args)
     refuse_uncalibrated(
         spec.name, detector.config.threshold, allowed=args.allow_uncalibrated, flag="--allow-uncalibrated"
@@ -301,7 +349,7 @@ def run_check(args: argparse.Namespace) -> int:
     for path in args.files:
         if len(args.files) > 1:
             printer.prefix = f"{path} "  # text lines say which file; JSON has it in request_id
-        progress = _Progress(path, quiet=args.quiet)
+        progress = _Progress(path, quiet=args.quiet, medium=spec.modality)
         printer.write = progress.write
         error = None
         try:
@@ -309,7 +357,7 @@ def run_check(args: argparse.Namespace) -> int:
                 detector, path, hop=hop, calibrated=calibrated, on_progress=progress.update
             ):
                 printer(record)
-        except AudioReadError as e:
+        except (AudioReadError, VideoReadError) as e:
             error = e
         finally:
             progress.close()

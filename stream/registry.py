@@ -80,6 +80,12 @@ class ModelRegistry:
         self._refs: dict[str, str] = {}
         for ref in (default, *extra):
             m = read_manifest(ref)
+            if m.spec.modality != "audio":
+                raise ValueError(
+                    f"model {m.spec.name!r} takes {m.spec.modality}: this server streams audio only so far "
+                    f"(StreamVideo is not built yet); judge video files offline with avsentry check "
+                    f"--model {ref}"
+                )
             self.manifests[m.spec.name] = m
             self._refs[m.spec.name] = ref
             cfg, calibrated = DetectorConfig.from_card(m.detector, seed=seed, **(defence_overrides or {}))

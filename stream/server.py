@@ -165,7 +165,7 @@ class _Feeder:
         await self.slots.acquire()
         return await self.service.batcher.submit(
             self.detector,
-            w.samples,
+            w.data,
             self.service.key(self.salt, w.start),
             start=w.start,
             state=self.state,

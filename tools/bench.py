@@ -37,10 +37,10 @@ from avsentry.pipelines.detection import Detector, DetectorConfig
 from avsentry.pipelines.recognizers import load_recognizer, read_manifest
 from avsentry.pipelines.smoothing import SmoothingConfig, noisy_copies, sample_counts
 from avsentry.pipelines.transforms import (
-    TRANSFORM_NAMES,
     CodecProcessPool,
     SegmentedTransform,
     make_transform,
+    transform_names,
 )
 
 
@@ -135,7 +135,7 @@ def bench_core(args: argparse.Namespace) -> list[str]:
         f"(segment-wise codecs: isolated window = every part; stream at a one-part hop = the new part)"
     )
     few = x[: min(8, len(x))]
-    for name in TRANSFORM_NAMES:
+    for name in transform_names("audio"):
         tr = make_transform(name, sample_rate_hz=rate)
         if isinstance(tr, SegmentedTransform):
             bounds = tr.segment_bounds(window)

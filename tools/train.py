@@ -31,7 +31,7 @@ from tqdm import tqdm
 from avsentry.pipelines.recognizers.digitnet import DigitNet, DigitNetConfig
 from avsentry.pipelines.recognizers.onnx_backend import OnnxRecognizer
 from avsentry.pipelines.smoothing import RMS_LEVEL, rms_normalize
-from avsentry.pipelines.types import ModelSpec
+from avsentry.pipelines.types import AudioInput, ModelSpec
 from avsentry.tools import augment, realspeech, speecheval, synth
 from avsentry.tools.attacks.base import Budget, normalized_step, project, random_start
 from avsentry.tools.heldout import heldout_windows
@@ -550,7 +550,9 @@ def onnx_agreement(model: DigitNet, onnx_path: Path, x: np.ndarray, *, batch: in
     softmax difference."""
     c = model.config
     spec = ModelSpec(
-        name="export-check", labels=synth.LABELS, sample_rate_hz=c.sample_rate_hz, window_samples=WINDOW
+        name="export-check",
+        labels=synth.LABELS,
+        input=AudioInput(sample_rate_hz=c.sample_rate_hz, window_samples=WINDOW),
     )
     onnx = OnnxRecognizer(onnx_path, spec, device="cpu")
     model.eval()

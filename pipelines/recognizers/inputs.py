@@ -1,10 +1,12 @@
 """What a model's input tensor looks like, and the adaptation of avsentry's windows to it.
 
-avsentry hands every backend windows as ``(batch, samples)`` float32 in ``[-1, 1]``. Models
-exported from other frameworks expect other layouts: a channel axis (``(batch, 1, samples)``),
-int16-range amplitudes (``scale = 32768``), double precision, or a batch size fixed at export
-time. :class:`ModelInput` describes that once (from the manifest's ``[input]`` table, or read off
-an ONNX graph) and both backends use it, so no backend guesses.
+avsentry hands every backend windows as ``(batch, *window)`` float32: audio ``(batch, samples)``
+in ``[-1, 1]``, video ``(batch, frames, height, width, 3)`` RGB in ``[0, 1]``. Models exported from
+other frameworks expect other layouts: a channel axis (``(batch, 1, samples)``), channels first
+(``(batch, 3, frames, height, width)``), int16-range amplitudes (``scale = 32768``), double
+precision, or a batch size fixed at export time. :class:`ModelInput` describes that once (from
+the manifest's ``[input]`` table, or read off an ONNX graph) and both backends use it, so no
+backend guesses.
 """
 
 from __future__ import annotations
@@ -28,44 +30,78 @@ class ModelInput:
     """The model's input tensor.
 
     Attributes:
-        shape: ``("batch", samples)`` or ``("batch", 1, samples)``; an int in place of ``"batch"``
-            is a batch size fixed at export (batches are then split and the last one padded).
+        shape: The model's input shape, batch first. Audio: ``("batch", samples)`` or
+            ``("batch", 1, samples)``. Video: ``("batch", frames, height, width, 3)`` (the
+            pipeline's own layout) or ``("batch", 3, frames, height, width)`` (channels first, as
+            torchvision's video models). An int in place of ``"batch"`` is a batch size fixed at
+            export (batches are then split and the last one padded).
+        window: One window as the pipeline holds it (:attr:`ModelSpec.window_shape`); default:
+            read off an audio ``shape``.
         dtype: ``float32``, ``float16`` or ``float64``.
-        scale: The model sees ``window * scale`` (``32768`` for models trained on int16 ranges).
+        scale: The model sees ``window * scale`` (``32768`` for models trained on int16 ranges,
+            ``255`` for video models trained on 8-bit pixel values).
     """
 
     shape: tuple[int | str, ...]
+    window: tuple[int, ...] = ()
     dtype: str = "float32"
     scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if len(self.shape) not in (2, 3):
-            raise ValueError(
-                f"input shape must be [batch, samples] or [batch, 1, samples], got {list(self.shape)}"
-            )
-        if len(self.shape) == 3 and self.shape[1] != 1:
-            raise ValueError(
-                f"input shape [batch, channels, samples] needs channels = 1, got {list(self.shape)}"
-            )
-        b = self.shape[0]
+        b = self.shape[0] if self.shape else None
         if not (b == BATCH or (isinstance(b, int) and not isinstance(b, bool) and b >= 1)):
             raise ValueError(f"input shape: the first entry is 'batch' or a fixed batch size >= 1, got {b!r}")
-        if not isinstance(self.shape[-1], int) or self.shape[-1] < 1:
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in self.shape[1:]):
             raise ValueError(
-                f"input shape: the last entry is the window length in samples, got {self.shape[-1]!r}"
+                f"input shape: every entry after the batch is a positive size, got {list(self.shape)}"
+            )
+        if not self.window:
+            if len(self.shape) not in (2, 3):
+                raise ValueError(
+                    f"input shape must be [batch, samples] or [batch, 1, samples], got {list(self.shape)}"
+                )
+            object.__setattr__(self, "window", (int(self.shape[-1]),))  # type: ignore[arg-type]
+        if self._layout() is None:
+            raise ValueError(
+                f"input shape {list(self.shape)} does not fit windows {list(self.window)}: {self._want()}"
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"input dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not (np.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"input scale must be a positive number, got {self.scale!r}")
 
+    def _want(self) -> str:
+        w = list(self.window)
+        if len(w) == 1:
+            return f"use [batch, {w[0]}] or [batch, 1, {w[0]}]"
+        if len(w) == 4:
+            t, h, wd, c = w
+            return f"use [batch, {t}, {h}, {wd}, {c}] or [batch, {c}, {t}, {h}, {wd}]"
+        return f"use [batch, {', '.join(map(str, w))}]"
+
+    def _layout(self) -> str | None:
+        """How windows become the model's input: ``same``, ``channel`` (audio: a channel axis of
+        1 inserted) or ``channels_first`` (video: RGB moved before time)."""
+        rest = tuple(self.shape[1:])
+        w = tuple(self.window)
+        if rest == w:
+            return "same"
+        if len(w) == 1 and rest == (1, *w):
+            return "channel"
+        if len(w) == 4 and rest == (w[3], *w[:3]):
+            return "channels_first"
+        return None
+
     @classmethod
-    def for_window(cls, window_samples: int) -> ModelInput:
-        return cls(shape=(BATCH, window_samples))
+    def for_window(cls, window: int | tuple[int, ...]) -> ModelInput:
+        """The pipeline's own layout: ``("batch", *window)`` float32."""
+        w = (window,) if isinstance(window, int) else tuple(window)
+        return cls(shape=(BATCH, *w), window=w)
 
     @property
     def samples(self) -> int:
-        return int(self.shape[-1])
+        """Samples per audio window."""
+        return int(self.window[-1])
 
     @property
     def fixed_batch(self) -> int | None:
@@ -73,12 +109,17 @@ class ModelInput:
         return None if b == BATCH else int(b)
 
     def adapt(self, batch: T) -> T:
-        """``(batch, samples)`` windows -> the model's input (layout, scale, dtype)."""
-        if batch.ndim != 2 or batch.shape[-1] != self.samples:
-            raise ValueError(f"expected windows (batch, {self.samples}), got {tuple(batch.shape)}")
+        """``(batch, *window)`` windows -> the model's input (layout, scale, dtype)."""
+        if tuple(batch.shape[1:]) != tuple(self.window) or batch.ndim != 1 + len(self.window):
+            raise ValueError(
+                f"expected windows (batch, {', '.join(map(str, self.window))}), got {tuple(batch.shape)}"
+            )
         x = batch * self.scale if self.scale != 1.0 else batch
-        if len(self.shape) == 3:
+        layout = self._layout()
+        if layout == "channel":
             x = x[:, None, :]
+        elif layout == "channels_first":
+            x = x.permute(0, 4, 1, 2, 3) if isinstance(x, torch.Tensor) else np.moveaxis(x, 4, 1)
         if isinstance(x, torch.Tensor):
             return x.to(TORCH_DTYPES[self.dtype])
         return np.ascontiguousarray(x, dtype=DTYPES[self.dtype])

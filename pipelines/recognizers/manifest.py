@@ -55,11 +55,11 @@ import torch
 
 from avsentry.pipelines.recognizers.base import SmoothableRecognizer
 from avsentry.pipelines.recognizers.inputs import BATCH, ModelInput
-from avsentry.pipelines.transforms import normalize_transform_spec
-from avsentry.pipelines.types import ModelSpec
+from avsentry.pipelines.transforms import normalize_transform_spec, transform_modality, transform_names
+from avsentry.pipelines.types import MODALITIES, AudioInput, ModelSpec, VideoInput
 
 BACKENDS = ("torch", "onnx")
-TORCH_FORMATS = ("torchscript", "torch_export", "digitnet")
+TORCH_FORMATS = ("torchscript", "torch_export", "digitnet", "actionnet")
 DEFAULT_MODEL = "digits"
 ROLES = ("no_speech", "other")
 COMMAND = "command"  # the role of every label that is neither
@@ -77,10 +77,17 @@ DEFAULT_DEFENCE: dict[str, Any] = {
     "transforms": ["mp3", "opus", "aac", "noise"],
     "smoothing": {"representation": "waveform", "sigma": 0.002, "n": 32, "n0": 8, "alpha": 0.05},
 }
+# The same for a video model: an H.264 and a JPEG round trip, and smoothing in pixel space
+# (sigma in [0, 1] pixel units; 0.1 is noise of about 25 grey levels).
+DEFAULT_VIDEO_DEFENCE: dict[str, Any] = {
+    "transforms": ["h264", "jpeg"],
+    "smoothing": {"representation": "pixels", "sigma": 0.1, "n": 16, "n0": 4, "alpha": 0.05},
+}
+DEFAULT_DEFENCES = {"audio": DEFAULT_DEFENCE, "video": DEFAULT_VIDEO_DEFENCE}
 _SMOOTHING_KEYS = ("representation", "sigma", "n", "n0", "alpha")
 # The sigma a representation gets when none is given for it (units differ: samples; the window's
 # RMS; normalized log-mel).
-DEFAULT_SIGMAS = {"waveform": 0.002, "waveform_rms": 0.1, "logmel": 0.25}
+DEFAULT_SIGMAS = {"waveform": 0.002, "waveform_rms": 0.1, "logmel": 0.25, "pixels": 0.1}
 
 _FIELDS = {
     "name",
@@ -115,6 +122,7 @@ _CARD_FIELDS = {
     "calibration",
 }
 _INPUT_KEYS = ("sample_rate_hz", "window_samples", "shape", "dtype", "scale", "bounds", "name")
+_VIDEO_INPUT_KEYS = ("frames", "height", "width", "fps", "shape", "dtype", "scale", "bounds", "name")
 _MISPLACED = {
     "transforms": "[defence] transforms",
     "smoothing": "[defence] smoothing",
@@ -235,7 +243,35 @@ def _parse(data: dict[str, Any], path: Path) -> Manifest:
     labels = data["labels"]
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise ValueError(f"labels must be a list of names, got {labels!r}")
+    modality = str(data.get("modality", "audio"))
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     inp = _table(data.get("input", {}), "input")
+    spec_input: AudioInput | VideoInput
+    if modality == "video":
+        spec_input, model_input = _video_input(inp)
+    else:
+        spec_input, model_input = _audio_input(inp, data)
+    spec = ModelSpec(
+        name=str(data["name"]),
+        labels=tuple(labels),
+        input=spec_input,
+        output=str(data.get("output", "logits")),
+    )
+    backends = _backends(_table(data["backends"], "backends"))
+    extra = {k: v for k, v in data.items() if k in _CARD_FIELDS}
+    return Manifest(
+        spec=spec,
+        path=path,
+        input=model_input,
+        roles=_roles(spec.labels, _table(data.get("label_roles", {}), "label_roles")),
+        backends=backends,
+        defence=_defence(data.get("defence"), modality),
+        extra=extra,
+    )
+
+
+def _audio_input(inp: dict[str, Any], data: dict[str, Any]) -> tuple[AudioInput, ModelInput]:
     # the card's older descriptive `input` (name, shape, dtype) reads the same way
     unknown_in = sorted(set(inp) - set(_INPUT_KEYS))
     if unknown_in:
@@ -257,29 +293,45 @@ def _parse(data: dict[str, Any], path: Path) -> Manifest:
     model_input = ModelInput(
         shape=tuple(shape), dtype=str(inp.get("dtype", "float32")), scale=float(inp.get("scale", 1.0))
     )
-    bounds = inp.get("bounds", data.get("input_bounds", (-1.0, 1.0)))
+    bounds = _bounds(inp.get("bounds", data.get("input_bounds", (-1.0, 1.0))))
+    return AudioInput(sample_rate_hz=rate, window_samples=window, bounds=bounds), model_input
+
+
+def _video_input(inp: dict[str, Any]) -> tuple[VideoInput, ModelInput]:
+    unknown_in = sorted(set(inp) - set(_VIDEO_INPUT_KEYS))
+    if unknown_in:
+        raise ValueError(f"[input]: unknown key(s) {unknown_in}; known: {', '.join(_VIDEO_INPUT_KEYS)}")
+    missing = [k for k in ("frames", "height", "width", "fps") if k not in inp]
+    if missing:
+        raise ValueError(f"[input] of a video model needs frames, height, width and fps; missing {missing}")
+    fps = inp["fps"]
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0:
+        raise ValueError(f"[input] fps must be a positive number, got {fps!r}")
+    video = VideoInput(
+        frames=_int(inp["frames"], "[input] frames"),
+        height=_int(inp["height"], "[input] height"),
+        width=_int(inp["width"], "[input] width"),
+        fps=float(fps),
+        bounds=_bounds(inp.get("bounds", (0.0, 1.0))),
+    )
+    shape = inp.get("shape", [BATCH, *video.shape])
+    if not isinstance(shape, list):
+        raise ValueError(
+            f"[input] shape must be a list such as ['batch', {', '.join(map(str, video.shape))}]"
+        )
+    model_input = ModelInput(
+        shape=tuple(shape),
+        window=video.shape,
+        dtype=str(inp.get("dtype", "float32")),
+        scale=float(inp.get("scale", 1.0)),
+    )
+    return video, model_input
+
+
+def _bounds(bounds: Any) -> tuple[float, float]:
     if not (isinstance(bounds, list | tuple) and len(bounds) == 2):
         raise ValueError(f"[input] bounds must be [low, high], got {bounds!r}")
-    spec = ModelSpec(
-        name=str(data["name"]),
-        modality=str(data.get("modality", "audio")),
-        labels=tuple(labels),
-        sample_rate_hz=rate,
-        window_samples=window,
-        input_bounds=(float(bounds[0]), float(bounds[1])),
-        output=str(data.get("output", "logits")),
-    )
-    backends = _backends(_table(data["backends"], "backends"))
-    extra = {k: v for k, v in data.items() if k in _CARD_FIELDS}
-    return Manifest(
-        spec=spec,
-        path=path,
-        input=model_input,
-        roles=_roles(spec.labels, _table(data.get("label_roles", {}), "label_roles")),
-        backends=backends,
-        defence=_defence(data.get("defence")),
-        extra=extra,
-    )
+    return (float(bounds[0]), float(bounds[1]))
 
 
 def _table(value: Any, name: str) -> dict[str, Any]:
@@ -339,17 +391,24 @@ def _roles(labels: tuple[str, ...], table: dict[str, Any]) -> tuple[str, ...]:
     return out
 
 
-def _defence(value: Any) -> dict[str, Any]:
-    """``[defence]`` completed with :data:`DEFAULT_DEFENCE`, in the detector card's form."""
+def _defence(value: Any, modality: str = "audio") -> dict[str, Any]:
+    """``[defence]`` completed with the modality's default (:data:`DEFAULT_DEFENCES`), in the
+    detector card's form."""
+    default = DEFAULT_DEFENCES[modality]
     table = _table(value if value is not None else {}, "defence")
     unknown = set(table) - {"transforms", "smoothing"}
     if unknown:
         raise ValueError(f"[defence]: unknown key(s) {sorted(unknown)}; known: transforms, smoothing")
-    transforms = table.get("transforms", DEFAULT_DEFENCE["transforms"])
+    transforms = table.get("transforms", default["transforms"])
     if not isinstance(transforms, list) or not all(isinstance(t, str) for t in transforms):
         raise ValueError(f"[defence] transforms must be a list of specs such as 'mp3', got {transforms!r}")
     for t in transforms:
         normalize_transform_spec(t)  # names a wrong transform or parameter
+        if transform_modality(t) != modality:
+            raise ValueError(
+                f"[defence] transform {t!r} is for {transform_modality(t)}; a {modality} model takes "
+                f"{', '.join(transform_names(modality))}"
+            )
     smoothing = table.get("smoothing", True)
     if smoothing is False:
         return {"transforms": list(transforms), "smoothing": None}
@@ -362,12 +421,12 @@ def _defence(value: Any) -> dict[str, Any]:
         raise ValueError(f"[defence.smoothing]: unknown key(s) {sorted(unknown)}; known: {known}")
     from avsentry.pipelines.smoothing import SmoothingConfig  # here: smoothing imports this package
 
-    rep = smoothing.get("representation", DEFAULT_DEFENCE["smoothing"]["representation"])
+    rep = smoothing.get("representation", default["smoothing"]["representation"])
     if "sigma" not in smoothing and rep in DEFAULT_SIGMAS:
         smoothing = {**smoothing, "sigma": DEFAULT_SIGMAS[rep]}
     if "sigma" not in smoothing:
         raise ValueError(f"[defence.smoothing] representation {rep!r} needs a sigma in its units")
-    merged = {**DEFAULT_DEFENCE["smoothing"], **smoothing}
+    merged = {**default["smoothing"], **smoothing}
     try:
         checked = SmoothingConfig(**merged)
     except (TypeError, ValueError) as e:
@@ -413,7 +472,12 @@ def load_recognizer(
     fmt = m.backends["torch"]["format"]
     module: torch.nn.Module
     try:
-        if fmt == "digitnet":
+        if fmt == "actionnet":
+            from avsentry.pipelines.recognizers.actionnet import ActionNet, ActionNetConfig
+
+            module = ActionNet(ActionNetConfig.from_dict(m.extra["config"]))
+            module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        elif fmt == "digitnet":
             from avsentry.pipelines.recognizers.digitnet import DigitNet, DigitNetConfig
 
             module = DigitNet(DigitNetConfig.from_dict(m.extra["config"]))

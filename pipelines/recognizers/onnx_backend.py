@@ -8,6 +8,7 @@ with a message that says which field to write, not with an ONNX Runtime tracebac
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -56,6 +57,8 @@ def graph_input(path: Path, session: ort.InferenceSession, declared: ModelInput)
     """
     info = session.get_inputs()[0]
     shape = list(info.shape)
+    if len(declared.window) > 1:  # video: the graph takes the manifest's layout
+        return _checked(path, info, shape, declared, tuple(declared.shape[1:]))  # type: ignore[arg-type]
     window = declared.samples
     want = " or ".join(f"[batch{', 1' if r == 3 else ''}, {window}]" for r in (2, 3))
     if len(shape) not in (2, 3) or (len(shape) == 3 and isinstance(shape[1], int) and shape[1] != 1):
@@ -71,6 +74,18 @@ def graph_input(path: Path, session: ort.InferenceSession, declared: ModelInput)
             f"{path}: input {info.name!r} has rank {len(shape)} ({shape}) but the manifest's [input] shape "
             f"is {list(declared.shape)}"
         )
+    return _checked(path, info, shape, declared, (1, window) if len(shape) == 3 else (window,))
+
+
+def _checked(path: Path, info: Any, shape: list, declared: ModelInput, rest: tuple[int, ...]) -> ModelInput:
+    """The graph's input (batch axis, element type) with the window layout ``rest``."""
+    if len(shape) != 1 + len(rest) or any(
+        isinstance(g, int) and g > 0 and g != r for g, r in zip(shape[1:], rest, strict=True)
+    ):
+        raise ValueError(
+            f"{path}: input {info.name!r} has shape {shape} but the manifest's [input] shape is "
+            f"{list(declared.shape)}"
+        )
     batch: int | str = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else BATCH
     if declared.fixed_batch is not None and batch not in (BATCH, declared.fixed_batch):
         raise ValueError(f"{path}: fixed batch {batch} but the manifest says {declared.fixed_batch}")
@@ -79,8 +94,12 @@ def graph_input(path: Path, session: ort.InferenceSession, declared: ModelInput)
         raise ValueError(f"{path}: input {info.name!r} is {info.type}; avsentry feeds float32/16/64 windows")
     if dtype != declared.dtype and declared.dtype != "float32":
         raise ValueError(f"{path}: input is {dtype} but the manifest's [input] dtype is {declared.dtype}")
-    rest = (1, window) if len(shape) == 3 else (window,)
-    return ModelInput(shape=(declared.fixed_batch or batch, *rest), dtype=dtype, scale=declared.scale)
+    return ModelInput(
+        shape=(declared.fixed_batch or batch, *rest),
+        window=declared.window,
+        dtype=dtype,
+        scale=declared.scale,
+    )
 
 
 def _fixed_batch(session: ort.InferenceSession) -> int | None:
@@ -93,12 +112,12 @@ def _run_graph(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
 
 
 class OnnxRecognizer:
-    """Runs an ONNX model on windows ``(batch, window_samples)`` float32.
+    """Runs an ONNX model on windows ``(batch, *window)`` float32 (audio windows or video clips).
 
-    Smoothing works in the ``waveform`` representation (noise drawn by torch and handed to ONNX
-    Runtime), plus every representation the model ships in stages (``stages[rep] = (encode,
-    classify)``: waveform -> rep and rep -> scores graphs), as the embedded model does for its
-    log-mel front end, so ``--backend onnx`` runs the same defence as torch.
+    Smoothing works on the window itself (``waveform``, or ``pixels`` for video; noise drawn by
+    torch and handed to ONNX Runtime), plus every representation the model ships in stages
+    (``stages[rep] = (encode, classify)``: window -> rep and rep -> scores graphs), as the
+    embedded model does for its log-mel front end, so ``--backend onnx`` runs the same defence as torch.
 
     Args:
         path: The ``.onnx`` file (waveform -> scores).
@@ -127,20 +146,21 @@ class OnnxRecognizer:
         self.spec = spec
         self.device = resolve_device(device)
         self.session = _session(path, self.device, intra_op_threads)
-        declared = model_input or ModelInput.for_window(spec.window_samples)
+        declared = model_input or ModelInput.for_window(spec.window_shape)
         self.input = graph_input(path, self.session, declared)
         self._stages = {
             rep: (_session(enc, self.device, intra_op_threads), _session(cls, self.device, intra_op_threads))
             for rep, (enc, cls) in (stages or {}).items()
         }
-        self.representations: tuple[str, ...] = ("waveform", *self._stages)
+        self._identity = spec.input.identity_representation
+        self.representations: tuple[str, ...] = (self._identity, *self._stages)
         # one window more than a fixed batch, so the split path is probed too
         b = (self.input.fixed_batch or 1) + 1
-        for rep in ("waveform", *self._stages):
-            what = path.name if rep == "waveform" else f"{path.name} ({rep} stages)"
+        for rep in self.representations:
+            what = path.name if rep == self._identity else f"{path.name} ({rep} stages)"
             try:
                 out_z = self.logits_from(
-                    self.encode(torch.zeros(b, spec.window_samples, device=self.device), rep), rep
+                    self.encode(torch.zeros(b, *spec.window_shape, device=self.device), rep), rep
                 )
             except Exception as e:  # ORT's own error types
                 raise ValueError(
@@ -164,7 +184,7 @@ class OnnxRecognizer:
         """Waveforms -> ``representation``; a stage's encode graph takes what the whole model
         takes (the manifest's [input] layout, dtype and scale)."""
         self._check_rep(representation)
-        if representation == "waveform":
+        if representation == self._identity:
             return batch
         enc = self._stages[representation][0]
         x = batch.detach().cpu().numpy().astype(np.float32)
@@ -173,7 +193,7 @@ class OnnxRecognizer:
 
     def logits_from(self, z: torch.Tensor, representation: str) -> torch.Tensor:
         self._check_rep(representation)
-        if representation == "waveform":
+        if representation == self._identity:
             out = self._run(z.detach().cpu().numpy())
         else:
             cls = self._stages[representation][1]

@@ -1,8 +1,8 @@
-"""PyTorch backend: any ``nn.Module`` mapping waveforms to logits/probabilities, CPU or CUDA.
+"""PyTorch backend: any ``nn.Module`` mapping windows (waveforms or clips) to scores, CPU or CUDA.
 
 Modules that implement ``encode(wave, representation)`` and ``logits_from(z, representation)``
 (as :class:`~pipelines.recognizers.digitnet.DigitNet` does) expose their inner representations
-to randomized smoothing; any other module offers ``waveform`` only.
+to randomized smoothing; any other module offers the window itself only (``waveform``, ``pixels``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class TorchRecognizer:
     ) -> None:
         self.spec = spec
         self.device = resolve_device(device)
-        self.input = model_input or ModelInput.for_window(spec.window_samples)
+        self.input = model_input or ModelInput.for_window(spec.window_shape)
         self.module = module.to(self.device)
         if not isinstance(module, torch.fx.GraphModule):  # exported graphs refuse eval(); they are one
             self.module.eval()
@@ -54,7 +54,7 @@ class TorchRecognizer:
             p.requires_grad_(False)
         staged = hasattr(module, "encode") and hasattr(module, "logits_from")
         reps = getattr(module, "representations", None) or (
-            ("waveform", "spectrogram", "logmel") if staged else ("waveform",)
+            ("waveform", "spectrogram", "logmel") if staged else (spec.input.identity_representation,)
         )
         self.representations: tuple[str, ...] = tuple(reps)
         self._staged = staged
@@ -62,7 +62,7 @@ class TorchRecognizer:
 
     def _probe(self, what: str) -> None:
         b = (self.input.fixed_batch or 1) + 1  # one more than a fixed batch: the split is probed too
-        x = torch.zeros(b, self.spec.window_samples, device=self.device)
+        x = torch.zeros(b, *self.spec.window_shape, device=self.device)
         try:
             with torch.no_grad():
                 out = self.logits(x)

@@ -1,7 +1,11 @@
-"""Audio defence transforms and a registry to build them by name.
+"""Defence transforms of every modality and one registry to build them by name.
 
-Each transform maps ``(batch, samples)`` float32 waveforms to the same shape, sample-aligned,
-without mutating its input, and offers an identity (BPDA) gradient for adaptive attacks.
+Each transform belongs to one modality: audio transforms map ``(batch, samples)`` float32
+waveforms to the same shape, sample-aligned; video transforms map ``(batch, frames, height,
+width, 3)`` RGB clips in [0, 1] to the same shape, frame-aligned. None mutates its input and each
+offers an identity (BPDA) gradient for adaptive attacks. Names are unique across modalities;
+:func:`transform_names` lists a modality's, and :func:`transform_for_input` builds a spec for a
+model's input (its rate, its modality checked).
 
 A transform spec is ``"name"`` or ``"name:key=value,..."``; its canonical form
 (:func:`normalize_transform_spec`) names every parameter, defaults filled in, sorted, so specs
@@ -11,6 +15,7 @@ Example:
     >>> normalize_transform_spec(" mp3: bitrate_kbps=24 ")
     'mp3:bitrate_kbps=24,segments=2'
     >>> mp3 = transform_from_spec("mp3:bitrate_kbps=24", sample_rate_hz=16000)
+    >>> h264 = transform_from_spec("h264:crf=30", fps=25)
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ import re
 
 from avsentry.pipelines.transforms._codec import CodecProcessPool, codec_executor
 from avsentry.pipelines.transforms.aac import AacRoundTrip
-from avsentry.pipelines.transforms.base import BaseTransform, SegmentedTransform, Transform
+from avsentry.pipelines.transforms.base import (
+    AudioTransform,
+    BaseTransform,
+    SegmentedTransform,
+    Transform,
+    VideoTransform,
+)
+from avsentry.pipelines.transforms.h264 import H264RoundTrip
+from avsentry.pipelines.transforms.jpeg import JpegRoundTrip
 from avsentry.pipelines.transforms.lowpass import LowPass
 from avsentry.pipelines.transforms.mel_inversion import MelInversion
 from avsentry.pipelines.transforms.mp3 import Mp3RoundTrip
@@ -28,33 +41,46 @@ from avsentry.pipelines.transforms.noise import GaussianNoise
 from avsentry.pipelines.transforms.opus import OpusRoundTrip
 from avsentry.pipelines.transforms.quantize import Quantize
 from avsentry.pipelines.transforms.resample import ResampleRoundTrip
+from avsentry.pipelines.transforms.rescale import Rescale
+from avsentry.pipelines.transforms.temporal_median import TemporalMedian
+from avsentry.pipelines.types import InputSpec
 
 __all__ = [
     "TRANSFORM_NAMES",
     "AacRoundTrip",
+    "AudioTransform",
     "BaseTransform",
     "CodecProcessPool",
     "GaussianNoise",
+    "H264RoundTrip",
+    "JpegRoundTrip",
     "LowPass",
     "MelInversion",
     "Mp3RoundTrip",
     "OpusRoundTrip",
     "Quantize",
     "ResampleRoundTrip",
+    "Rescale",
     "SegmentedTransform",
+    "TemporalMedian",
     "Transform",
+    "VideoTransform",
     "codec_executor",
     "make_transform",
     "normalize_transform_spec",
     "parse_transform_spec",
     "transform_defaults",
+    "transform_for_input",
     "transform_from_spec",
+    "transform_modality",
+    "transform_names",
     "transform_params",
 ]
 
 _REGISTRY: dict[str, type[BaseTransform]] = {
     cls.name: cls
     for cls in (
+        # audio
         AacRoundTrip,
         GaussianNoise,
         LowPass,
@@ -63,11 +89,31 @@ _REGISTRY: dict[str, type[BaseTransform]] = {
         OpusRoundTrip,
         Quantize,
         ResampleRoundTrip,
+        # video
+        H264RoundTrip,
+        JpegRoundTrip,
+        Rescale,
+        TemporalMedian,
     )
 }
 
 TRANSFORM_NAMES: tuple[str, ...] = tuple(sorted(_REGISTRY))
-"""Names accepted by :func:`make_transform`, sorted."""
+"""Names accepted by :func:`make_transform`, sorted, all modalities."""
+
+
+def transform_names(modality: str) -> tuple[str, ...]:
+    """The transforms of one modality (``"audio"``, ``"video"``), sorted."""
+    return tuple(name for name in TRANSFORM_NAMES if _REGISTRY[name].modality == modality)
+
+
+def transform_modality(spec: str) -> str:
+    """The modality of the transform a spec names.
+
+    Raises:
+        ValueError: malformed spec or unknown transform.
+    """
+    return _lookup(parse_transform_spec(spec)[0]).modality
+
 
 ParamValue = bool | int | float | str
 
@@ -75,7 +121,8 @@ _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 def transform_params(name: str) -> tuple[str, ...]:
-    """Return the parameters ``make_transform(name, ...)`` accepts besides ``sample_rate_hz``.
+    """Return the parameters ``make_transform(name, ...)`` accepts besides its context (the
+    model's ``sample_rate_hz`` for audio, ``fps`` for video).
 
     Raises:
         ValueError: ``name`` is not in :data:`TRANSFORM_NAMES`.
@@ -84,7 +131,7 @@ def transform_params(name: str) -> tuple[str, ...]:
     return tuple(
         field.name
         for field in dataclasses.fields(cls)  # type: ignore[arg-type]
-        if field.init and field.name != "sample_rate_hz"
+        if field.init and field.name not in cls.context_fields
     )
 
 
@@ -131,24 +178,49 @@ def normalize_transform_spec(spec: str) -> str:
     return f"{name}:" + ",".join(f"{key}={_format(merged[key])}" for key in sorted(merged))
 
 
-def transform_from_spec(spec: str, *, sample_rate_hz: int) -> Transform:
-    """Build the transform a spec names, at ``sample_rate_hz``.
+def transform_from_spec(spec: str, **context: ParamValue) -> Transform:
+    """Build the transform a spec names, with its context (``sample_rate_hz=`` for an audio
+    transform, ``fps=`` for a video one).
 
     Raises:
         ValueError: Anything wrong with the spec or its values (never ``TypeError``).
     """
     name, params = parse_transform_spec(normalize_transform_spec(spec))
-    return make_transform(name, sample_rate_hz=sample_rate_hz, **params)
+    return make_transform(name, **context, **params)
 
 
-def make_transform(name: str, *, sample_rate_hz: int, **params: ParamValue) -> Transform:
+def transform_for_input(spec: str, model_input: InputSpec) -> Transform:
+    """Build the transform a spec names for a model's input: its modality must match, and the
+    context (sample rate, frame rate) comes from ``model_input``.
+
+    Raises:
+        ValueError: A transform of another modality, or anything wrong with the spec.
+    """
+    name = parse_transform_spec(spec)[0]
+    modality = _lookup(name).modality
+    if modality != model_input.modality:
+        raise ValueError(
+            f"{name} is {'an' if modality[0] in 'aeiou' else 'a'} {modality} transform; this model takes "
+            f"{model_input.modality} "
+            f"(its transforms: {', '.join(transform_names(model_input.modality))})"
+        )
+    context: dict[str, ParamValue] = (
+        {"fps": float(model_input.rate_hz)}
+        if modality == "video"
+        else {"sample_rate_hz": int(model_input.rate_hz)}
+    )
+    return transform_from_spec(spec, **context)
+
+
+def make_transform(name: str, **context_and_params: ParamValue) -> Transform:
     """Build a transform by name.
 
     Args:
         name: One of :data:`TRANSFORM_NAMES`.
-        sample_rate_hz: Rate of the audio the transform will see, in Hz.
-        **params: The transform's own parameters (e.g. ``bitrate_kbps=32`` for ``"mp3"``,
-            ``bits=6`` for ``"quantize"``); unset ones keep their defaults.
+        **context_and_params: The context of the transform's modality (``sample_rate_hz``: the
+            rate of the audio it will see, in Hz; ``fps`` for video) and its own parameters (e.g.
+            ``bitrate_kbps=32`` for ``"mp3"``, ``crf=30`` for ``"h264"``); unset ones keep their
+            defaults.
 
     Returns:
         The configured transform.
@@ -157,9 +229,10 @@ def make_transform(name: str, *, sample_rate_hz: int, **params: ParamValue) -> T
         ValueError: Unknown name, unknown parameter, or a value the transform rejects.
     """
     cls = _lookup(name)
+    params = {k: v for k, v in context_and_params.items() if k not in cls.context_fields}
     _check_known(name, params)
     try:
-        return cls(sample_rate_hz=sample_rate_hz, **params)  # type: ignore[call-arg]
+        return cls(**context_and_params)  # type: ignore[call-arg]
     except TypeError as error:  # a value of a type the checks did not foresee
         raise ValueError(f"{name}: {error}") from error
 
@@ -214,11 +287,12 @@ def _parse_value(text: str) -> ParamValue:
 
 def _check_known(name: str, params: dict[str, ParamValue]) -> None:
     known = transform_params(name)
-    if "sample_rate_hz" in params:
-        raise ValueError(
-            f"{name}: sample_rate_hz is not a transform parameter (the model's rate is used); "
-            f"known: {', '.join(known) or '(none)'}"
-        )
+    for context in _lookup(name).context_fields:
+        if context in params:
+            raise ValueError(
+                f"{name}: {context} is not a transform parameter (the model's is used); "
+                f"known: {', '.join(known) or '(none)'}"
+            )
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise ValueError(

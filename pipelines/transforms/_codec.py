@@ -45,7 +45,7 @@ import av
 import numpy as np
 import scipy.signal
 
-from avsentry.pipelines.transforms.base import BaseTransform, check_int
+from avsentry.pipelines.transforms.base import AudioTransform, check_int
 
 # Divisors that map a decoded sample format to [-1, 1] floats.
 _INTEGER_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0}
@@ -263,7 +263,7 @@ def round_trip(
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, repr=True, eq=True)
-class CodecRoundTrip(BaseTransform):
+class CodecRoundTrip(AudioTransform):
     """Base for lossy-codec defences: encode and decode each part of each clip at a low bit rate.
 
     A clip is split into ``segments`` equal parts (:func:`split_bounds`), each round tripped as a

@@ -1,20 +1,21 @@
 """Input transforms used as defences (feature squeezing, Xu et al., NDSS 2018).
 
-A transform maps a batch of waveforms to a batch of the same shape, sample-aligned with its
-input, and never mutates the input. For adaptive attacks each transform also offers a gradient
-estimate; the default is the identity (BPDA, Athalye et al., ICML 2018): the forward pass runs
-the real transform, the backward pass treats it as ``x -> x``.
+A transform maps a batch of windows of one modality (audio waveforms ``(batch, samples)``, video
+clips ``(batch, frames, height, width, 3)``) to a batch of the same shape, aligned with its input
+(sample for sample, frame for frame), and never mutates the input. For adaptive attacks each
+transform also offers a gradient estimate; the default is the identity (BPDA, Athalye et al.,
+ICML 2018): the forward pass runs the real transform, the backward pass treats it as ``x -> x``.
 
 A deterministic transform whose output on a clip is the concatenation of its outputs on fixed,
-clip-relative parts of it, each depending only on that part's samples, is a
-:class:`SegmentedTransform`; the detector then runs the parts on a shared thread pool and reuses a
-part that overlapping windows of one stream share.
+clip-relative parts of it (along time, the first axis of an item), each depending only on that
+part's samples, is a :class:`SegmentedTransform`; the detector then runs the parts on a shared
+thread pool and reuses a part that overlapping windows of one stream share.
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -22,25 +23,26 @@ import torch
 
 @runtime_checkable
 class Transform(Protocol):
-    """A defence transform on batches of mono waveforms.
+    """A defence transform on batches of windows of one modality.
 
     Attributes:
-        name: Short identifier used in verdicts and configs (``"mp3"``, ``"quantize"``...).
-        sample_rate_hz: The rate the transform expects its input at.
+        name: Short identifier used in verdicts and configs (``"mp3"``, ``"h264"``...).
+        modality: ``"audio"`` or ``"video"``: the windows it takes.
     """
 
     name: str
-    sample_rate_hz: int
+    modality: ClassVar[str]
 
     def apply(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Transform a batch.
 
         Args:
-            batch: ``(batch, samples)`` float32 waveforms in [-1, 1]. Not modified.
+            batch: ``(batch, samples)`` float32 waveforms in [-1, 1], or ``(batch, frames,
+                height, width, 3)`` float32 RGB clips in [0, 1]. Not modified.
             rng: Seeded generator for any randomness (unused by deterministic transforms).
 
         Returns:
-            ``(batch, samples)`` float32, sample-aligned with ``batch``.
+            The same shape, float32, aligned with ``batch``.
         """
         ...
 
@@ -59,12 +61,13 @@ class SegmentedTransform(Transform, Protocol):
     """
 
     def segment_bounds(self, samples: int) -> tuple[tuple[int, int], ...]:
-        """The ``(start, stop)`` sample ranges of the parts of a ``samples``-long clip, in order,
-        covering it without overlap (some may be empty when ``samples`` is tiny)."""
+        """The ``(start, stop)`` ranges along time (samples or frames) of the parts of a
+        ``samples``-long item, in order, covering it without overlap (some may be empty when
+        ``samples`` is tiny)."""
         ...
 
     def apply_segment(self, segment: np.ndarray) -> np.ndarray:
-        """Transform one part: ``(samples,)`` float32, finite -> ``(samples,)`` float32, aligned.
+        """Transform one part of one item (float32, finite) -> the same shape, aligned.
 
         Safe to call from several threads at once.
         """
@@ -85,34 +88,40 @@ class _StraightThrough(torch.autograd.Function):
 
 
 class BaseTransform:
-    """Shared behaviour: input validation and the identity (BPDA) gradient estimate.
+    """Shared behaviour of every modality's transforms: input validation and the identity (BPDA)
+    gradient estimate.
 
-    Subclasses implement :meth:`_apply` on a validated float32 copy-safe batch.
+    A modality's base (:class:`AudioTransform`, :class:`VideoTransform`) fixes the item shape
+    (``item_ndim`` axes after the batch), the context the transform is built with
+    (``context_fields``: what it learns from the model's input spec, e.g. ``sample_rate_hz``), and
+    a probe for :meth:`_self_test`. Subclasses implement :meth:`_apply` on a validated float32
+    batch they must not modify.
     """
 
     name: str = "identity"
+    modality: ClassVar[str] = ""
+    #: Parameters set from the model's input spec, not from a transform spec.
+    context_fields: ClassVar[tuple[str, ...]] = ()
+    #: Axes of one item (1 for audio ``(samples,)``, 4 for video ``(frames, h, w, 3)``).
+    item_ndim: ClassVar[int] = 1
+    item_axes: ClassVar[str] = "samples"
     #: True when the output depends on ``rng`` (then only same-seed reproducibility holds, not
     #: batch == per-item).
     randomized: bool = False
-
-    def __init__(self, *, sample_rate_hz: int) -> None:
-        if sample_rate_hz <= 0:
-            raise ValueError(f"sample_rate_hz must be positive, got {sample_rate_hz}")
-        self.sample_rate_hz = int(sample_rate_hz)
 
     def apply(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Transform a batch; see :meth:`Transform.apply`.
 
         Raises:
-            ValueError: ``batch`` is not 2-D or holds NaN or infinite samples.
+            ValueError: ``batch`` has the wrong number of axes or holds NaN or infinite values.
         """
         batch = np.asarray(batch)
-        if batch.ndim != 2:
-            raise ValueError(f"{self.name}: expected (batch, samples), got shape {batch.shape}")
-        if batch.shape[0] == 0 or batch.shape[1] == 0:
+        if batch.ndim != 1 + self.item_ndim:
+            raise ValueError(f"{self.name}: expected (batch, {self.item_axes}), got shape {batch.shape}")
+        if batch.size == 0:
             return np.zeros(batch.shape, dtype=np.float32)
         if not np.all(np.isfinite(batch)):
-            raise ValueError(f"{self.name}: batch holds NaN or infinite samples")
+            raise ValueError(f"{self.name}: batch holds NaN or infinite values")
         out = self._apply(batch.astype(np.float32, copy=False), rng)
         if out.shape != batch.shape:  # a transform bug, never the caller's
             raise AssertionError(f"{self.name}: output shape {out.shape} != input {batch.shape}")
@@ -124,26 +133,82 @@ class BaseTransform:
     def differentiable(self, batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         return _StraightThrough.apply(batch, self, rng)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(sample_rate_hz={self.sample_rate_hz})"
+    def _probe(self) -> np.ndarray:
+        """A short batch of typical and extreme items for :meth:`_self_test`."""
+        raise NotImplementedError
 
-    def _self_test(self, seconds: float = 0.05) -> None:
-        """Run the transform once on a short clip (silence, then a full-scale sweep) so that
-        parameters it cannot work with fail here, as a ``ValueError``, not later on every window.
+    def _self_test(self) -> None:
+        """Run the transform once on a short probe so that parameters it cannot work with fail
+        here, as a ``ValueError``, not later on every window.
 
         Raises:
-            ValueError: The transform raised or returned non-finite samples.
+            ValueError: The transform raised or returned non-finite values.
         """
-        samples = max(1, round(seconds * self.sample_rate_hz))
-        t = np.arange(samples) / self.sample_rate_hz
-        sweep = np.sin(2 * np.pi * (50.0 + 0.2 * self.sample_rate_hz * t / (2 * seconds)) * t)
-        probe = np.stack([np.zeros(samples), 0.9 * sweep]).astype(np.float32)
         try:
-            out = self.apply(probe, np.random.default_rng(0))
+            out = self.apply(self._probe(), np.random.default_rng(0))
         except Exception as error:  # whatever the library raised, reported as a bad parameter
             raise ValueError(f"{self.name}: cannot run with {self!r}: {error}") from error
         if not np.all(np.isfinite(out)):
-            raise ValueError(f"{self.name}: {self!r} gives non-finite samples")
+            raise ValueError(f"{self.name}: {self!r} gives non-finite values")
+
+
+class AudioTransform(BaseTransform):
+    """Base of the audio transforms: ``(batch, samples)`` mono waveforms in [-1, 1] at
+    ``sample_rate_hz``."""
+
+    modality: ClassVar[str] = "audio"
+    context_fields: ClassVar[tuple[str, ...]] = ("sample_rate_hz",)
+    item_ndim: ClassVar[int] = 1
+    item_axes: ClassVar[str] = "samples"
+
+    def __init__(self, *, sample_rate_hz: int) -> None:
+        if sample_rate_hz <= 0:
+            raise ValueError(f"sample_rate_hz must be positive, got {sample_rate_hz}")
+        self.sample_rate_hz = int(sample_rate_hz)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sample_rate_hz={self.sample_rate_hz})"
+
+    def _probe(self, seconds: float = 0.05) -> np.ndarray:
+        """Silence, then a full-scale sweep."""
+        samples = max(1, round(seconds * self.sample_rate_hz))
+        t = np.arange(samples) / self.sample_rate_hz
+        sweep = np.sin(2 * np.pi * (50.0 + 0.2 * self.sample_rate_hz * t / (2 * seconds)) * t)
+        return np.stack([np.zeros(samples), 0.9 * sweep]).astype(np.float32)
+
+
+class VideoTransform(BaseTransform):
+    """Base of the video transforms: ``(batch, frames, height, width, 3)`` RGB clips in [0, 1]
+    at ``fps`` frames per second. Every frame of the input has one frame in the output, in
+    order."""
+
+    modality: ClassVar[str] = "video"
+    context_fields: ClassVar[tuple[str, ...]] = ("fps",)
+    item_ndim: ClassVar[int] = 4
+    item_axes: ClassVar[str] = "frames, height, width, 3"
+
+    def __init__(self, *, fps: float) -> None:
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.fps = float(fps)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(fps={self.fps})"
+
+    def _check_fps(self) -> None:
+        """For a subclass's ``__post_init__``: the frame rate it was built with is positive."""
+        if not self.fps > 0:
+            raise ValueError(f"{self.name}: fps must be positive, got {self.fps}")
+
+    def _probe(self) -> np.ndarray:
+        """A black clip and a clip of a white square moving over a colour gradient (32x32)."""
+        frames, size = 4, 32
+        yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+        base = np.stack([yy, xx, 1 - yy], axis=-1)
+        clip = np.repeat(base[None], frames, axis=0)
+        for f in range(frames):
+            clip[f, 8:16, 4 + 4 * f : 12 + 4 * f] = 1.0
+        return np.stack([np.zeros_like(clip), clip]).astype(np.float32)
 
 
 def check_int(owner: str, field: str, value: object, *, low: int, high: int | None = None) -> None:

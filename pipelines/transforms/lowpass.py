@@ -13,13 +13,13 @@ import dataclasses
 import numpy as np
 import scipy.signal
 
-from avsentry.pipelines.transforms.base import BaseTransform, check_float, check_int
+from avsentry.pipelines.transforms.base import AudioTransform, check_float, check_int
 
 MIN_CUTOFF_HZ = 20.0  # below the audio band: a lower cutoff would leave nothing to recognize
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class LowPass(BaseTransform):
+class LowPass(AudioTransform):
     """Zero-phase Butterworth low-pass filter.
 
     The forward-backward pass doubles the attenuation: -6 dB at ``cutoff_hz`` and an

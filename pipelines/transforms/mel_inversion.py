@@ -24,13 +24,13 @@ import scipy.signal
 import torch
 import torchaudio
 
-from avsentry.pipelines.transforms.base import BaseTransform, check_int
+from avsentry.pipelines.transforms.base import AudioTransform, check_int
 
 _MOMENTUM = 0.99  # torchaudio's default for fast Griffin-Lim
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class MelInversion(BaseTransform):
+class MelInversion(AudioTransform):
     """Mel spectrogram -> least-squares inverse mel scale -> Griffin-Lim, re-aligned.
 
     Deterministic (zero-phase initialisation); ``rng`` is unused.

@@ -14,11 +14,11 @@ import dataclasses
 
 import numpy as np
 
-from avsentry.pipelines.transforms.base import BaseTransform, check_float, check_int
+from avsentry.pipelines.transforms.base import AudioTransform, check_float, check_int
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class GaussianNoise(BaseTransform):
+class GaussianNoise(AudioTransform):
     """Add white Gaussian noise ``snr_db`` below each clip's RMS, then clip to [-1, 1].
 
     Attributes:

@@ -12,11 +12,11 @@ import dataclasses
 
 import numpy as np
 
-from avsentry.pipelines.transforms.base import BaseTransform, check_int
+from avsentry.pipelines.transforms.base import AudioTransform, check_int
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Quantize(BaseTransform):
+class Quantize(AudioTransform):
     """Clip to [-1, 1] and round to a symmetric mid-tread grid of ``2**bits - 1`` levels.
 
     The step is ``1 / (2**(bits - 1) - 1)``; zero is a level, so silence stays silent, and the

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from avsentry.pipelines.transforms.base import BaseTransform, check_int
+from avsentry.pipelines.transforms.base import AudioTransform, check_int
 
 # Bound on (rate / gcd) * (intermediate / gcd), the size of torchaudio's sinc kernel in taps:
 # co-prime rates such as 16000 and 7919 would build a 500 MB kernel per call.
@@ -25,7 +25,7 @@ MAX_KERNEL_PHASES = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class ResampleRoundTrip(BaseTransform):
+class ResampleRoundTrip(AudioTransform):
     """Resample each clip to ``intermediate_rate_hz`` and back to ``sample_rate_hz``.
 
     Deterministic; ``rng`` is unused.

@@ -16,7 +16,7 @@ from avsentry.pipelines.detection import (
 )
 from avsentry.pipelines.recognizers import read_manifest
 from avsentry.pipelines.smoothing import SmoothingConfig, guaranteed_snr_db
-from avsentry.pipelines.types import ModelSpec
+from avsentry.pipelines.types import AudioInput, ModelSpec
 from avsentry.pipelines.windowing import frame
 from avsentry.tools import synth
 from avsentry.tools.attacks import PGD, Budget
@@ -281,7 +281,9 @@ def test_stream_state_memory_stays_bounded(detector, stream_windows) -> None:
 class _NanRecognizer:
     """Returns NaN probabilities for windows whose first sample is positive."""
 
-    spec = ModelSpec(name="nan", labels=("a", "b"), sample_rate_hz=16000, window_samples=16000)
+    spec = ModelSpec(
+        name="nan", labels=("a", "b"), input=AudioInput(sample_rate_hz=16000, window_samples=16000)
+    )
     representations = ("waveform",)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

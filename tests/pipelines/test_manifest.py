@@ -161,6 +161,45 @@ def test_manifest_fields_are_checked(tmp_path, text, message) -> None:
         read_manifest(p)
 
 
+VIDEO = 'name = "v"\nlabels = ["wave", "_background_"]\nmodality = "video"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[input]\nframes = 8\nheight = 32\nwidth = 32\n", "needs frames, height, width and fps"),
+        ("[input]\nframes = 8\nheight = 32\nwidth = 32\nfps = 0\n", "fps must be a positive number"),
+        ("[input]\nframes = 8\nheight = 32\nwidth = 32\nfps = 25\nsample_rate_hz = 16000\n", "unknown key"),
+        (
+            "[input]\nframes = 8\nheight = 32\nwidth = 32\nfps = 25\nshape = ['batch', 8, 3, 32, 32]\n",
+            r"does not fit windows \[8, 32, 32, 3\]",
+        ),
+        (
+            "[input]\nframes = 8\nheight = 32\nwidth = 32\nfps = 25\n[defence]\ntransforms = ['mp3']\n",
+            "'mp3' is for audio; a video model takes h264, jpeg, median, rescale",
+        ),
+    ],
+)
+def test_video_manifest_fields_are_checked(tmp_path, text, message) -> None:
+    p = tmp_path / "v.toml"
+    p.write_text(VIDEO + text + '\n[backends.onnx]\npath = "v.onnx"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        read_manifest(p)
+
+
+def test_video_manifest_defaults(tmp_path) -> None:
+    p = tmp_path / "v.toml"
+    text = "[input]\nframes = 8\nheight = 32\nwidth = 48\nfps = 12.5\nshape = ['batch', 3, 8, 32, 48]\n"
+    p.write_text(VIDEO + text + '\n[backends.onnx]\npath = "v.onnx"\n', encoding="utf-8")
+    m = read_manifest(p)
+    assert m.spec.window_shape == (8, 32, 48, 3) and m.spec.video.fps == 12.5
+    assert m.spec.input_bounds == (0.0, 1.0)
+    assert m.defence["transforms"] == ["h264", "jpeg"]
+    assert m.defence["smoothing"]["representation"] == "pixels"
+    x = np.zeros((2, 8, 32, 48, 3), np.float32)
+    assert m.input.adapt(x).shape == (2, 3, 8, 32, 48)  # channels first, as the manifest says
+
+
 def test_defence_and_roles_come_from_the_manifest(tmp_path) -> None:
     p = tmp_path / "m.toml"
     p.write_text(

@@ -32,7 +32,7 @@ def test_same_rate_stream_equals_offline_framing(n, chunks, rng) -> None:
     assert [w.start for w in got] == starts.tolist()
     assert [w.index for w in got] == list(range(len(got)))
     for w, ref in zip(got, want, strict=True):
-        np.testing.assert_array_equal(w.samples, ref)
+        np.testing.assert_array_equal(w.data, ref)
         assert (w.start_in, w.end_in) == (w.start, w.start + 16000)
 
 
@@ -47,7 +47,7 @@ def test_resampled_stream_is_independent_of_chunking(rate, rng) -> None:
     chunked = run(session(), stereo, [rate // 50, 123, rate // 10])
     assert len(whole) == len(chunked) == len(frame(np.zeros(int(2.3 * 16000)), window=16000, hop=8000)[1])
     for a, b in zip(whole, chunked, strict=True):
-        np.testing.assert_allclose(a.samples, b.samples, atol=1e-6)
+        np.testing.assert_allclose(a.data, b.data, atol=1e-6)
         assert abs(a.start_in - a.start * rate / 16000) <= 1
 
 
@@ -61,7 +61,7 @@ def test_resampling_keeps_a_tone_in_place() -> None:
     f = av.AudioFrame.from_ndarray(tone[None], format="flt", layout="mono")
     f.sample_rate = rate
     offline = np.concatenate([o.to_ndarray().reshape(-1) for o in [*ref.resample(f), *ref.resample(None)]])
-    np.testing.assert_allclose(windows[0].samples, offline[:16000], atol=1e-5)
+    np.testing.assert_allclose(windows[0].data, offline[:16000], atol=1e-5)
 
 
 def test_stream_cap_and_bad_input() -> None:

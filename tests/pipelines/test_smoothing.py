@@ -9,7 +9,7 @@ from scipy.stats import beta, binomtest, norm
 
 from avsentry.pipelines import smoothing
 from avsentry.pipelines.smoothing import SmoothingConfig
-from avsentry.pipelines.types import Abstain, Certified, ModelSpec, Prediction
+from avsentry.pipelines.types import Abstain, AudioInput, Certified, ModelSpec, Prediction
 
 
 class ThresholdClassifier:
@@ -23,7 +23,9 @@ class ThresholdClassifier:
 
     def __init__(self, c: float) -> None:
         self.c = c
-        self.spec = ModelSpec(name="threshold", labels=("a", "b", "c"), sample_rate_hz=1, window_samples=4)
+        self.spec = ModelSpec(
+            name="threshold", labels=("a", "b", "c"), input=AudioInput(sample_rate_hz=1, window_samples=4)
+        )
 
     def encode(self, batch: torch.Tensor, representation: str) -> torch.Tensor:
         return batch

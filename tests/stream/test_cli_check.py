@@ -234,15 +234,20 @@ def test_bad_transform_spec_is_a_one_line_error(digit_wav) -> None:
     assert "nosuch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_models_lists_the_embedded_model() -> None:
+def test_models_lists_the_embedded_models() -> None:
     r = avsentry("models", "--json")
     assert r.returncode == 0, r.stderr
-    (m,) = json.loads(r.stdout)
+    video, m = json.loads(r.stdout)
+    assert video["name"] == "actions" and video["modality"] == "video"
+    assert (video["frames"], video["height"], video["width"], video["fps"]) == (16, 112, 112, 25.0)
+    assert video["smoothing_representation"] == "pixels" and video["threshold"] > 0
     assert m["name"] == "digits" and m["threshold"] > 0 and m["measured_fpr"] is not None
     assert m["transforms"] == ["mp3", "opus", "aac", "noise"] or all(":" in t for t in m["transforms"])
     assert m["smoothing_n"] == 32 and m["smoothing_representation"] == "logmel"
     r = avsentry("models")
-    assert r.returncode == 0 and r.stdout.startswith("digits: 12 labels")
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines[1].startswith("digits: 12 labels")
+    assert lines[0].startswith("actions: 11 labels") and "16 frames of 112x112 at 25 fps" in lines[0]
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,9 @@ import pytest
 import scipy.signal
 import torch
 
-from avsentry.pipelines.transforms import TRANSFORM_NAMES, Transform, make_transform
+from avsentry.pipelines.transforms import Transform, make_transform, transform_names
 
+AUDIO_TRANSFORMS = transform_names("audio")
 CODECS = ("aac", "mp3", "opus")
 
 # Floors on the SNR (dB) of the output against the input at default settings, 3 dB or more
@@ -48,7 +49,7 @@ def _transform(name: str) -> Transform:
     return make_transform(name, sample_rate_hz=16000)
 
 
-DETERMINISTIC = tuple(n for n in TRANSFORM_NAMES if not getattr(_transform(n), "randomized", False))
+DETERMINISTIC = tuple(n for n in AUDIO_TRANSFORMS if not getattr(_transform(n), "randomized", False))
 
 
 def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -72,10 +73,10 @@ def xcorr_lag(reference: np.ndarray, output: np.ndarray, *, max_lag: int = 2000)
 def outputs(batch: np.ndarray) -> dict[str, np.ndarray]:
     """Each transform applied once to the shared batch (the slow part, done once)."""
     rng = np.random.default_rng(0)
-    return {name: _transform(name).apply(batch, rng) for name in TRANSFORM_NAMES}
+    return {name: _transform(name).apply(batch, rng) for name in AUDIO_TRANSFORMS}
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO_TRANSFORMS)
 def test_satisfies_transform_protocol(name: str) -> None:
     transform = _transform(name)
     assert isinstance(transform, Transform)
@@ -83,7 +84,7 @@ def test_satisfies_transform_protocol(name: str) -> None:
     assert transform.sample_rate_hz == 16000
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO_TRANSFORMS)
 def test_output_has_input_shape_and_float32(
     name: str, batch: np.ndarray, outputs: dict[str, np.ndarray]
 ) -> None:
@@ -94,7 +95,7 @@ def test_output_has_input_shape_and_float32(
     assert not np.shares_memory(out, batch)
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO_TRANSFORMS)
 def test_input_is_not_mutated(name: str, batch: np.ndarray, rng: np.random.Generator) -> None:
     loud = 1.5 * batch[:2]  # out of range too, so clipping must not happen in place
     before = loud.copy()
@@ -112,7 +113,7 @@ def test_batch_equals_per_item(
         np.testing.assert_allclose(single[0], outputs[name][index], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO_TRANSFORMS)
 def test_same_input_gives_same_output(name: str, batch: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
     again = _transform(name).apply(batch.copy(), np.random.default_rng(0))
     np.testing.assert_array_equal(again, outputs[name])
@@ -121,7 +122,7 @@ def test_same_input_gives_same_output(name: str, batch: np.ndarray, outputs: dic
         assert not np.array_equal(other, outputs[name])
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO_TRANSFORMS)
 @pytest.mark.parametrize("shape", [(0, 16000), (2, 0), (0, 0)])
 def test_empty_batch_gives_empty_output(name: str, shape: tuple[int, int], rng: np.random.Generator) -> None:
     out = _transform(name).apply(np.zeros(shape, dtype=np.float32), rng)
@@ -129,7 +130,7 @@ def test_empty_batch_gives_empty_output(name: str, shape: tuple[int, int], rng: 
     assert out.dtype == np.float32
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO_TRANSFORMS)
 @pytest.mark.parametrize("samples", [1, 37, 1000])
 def test_short_clips_keep_their_length(
     name: str, samples: int, batch: np.ndarray, rng: np.random.Generator
@@ -139,13 +140,13 @@ def test_short_clips_keep_their_length(
     assert np.all(np.isfinite(out))
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO_TRANSFORMS)
 def test_silence_stays_quiet(name: str, rng: np.random.Generator) -> None:
     out = _transform(name).apply(np.zeros((1, 4000), dtype=np.float32), rng)
     assert np.max(np.abs(out)) < 1e-3
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO_TRANSFORMS)
 def test_rejects_bad_batches(name: str, rng: np.random.Generator) -> None:
     transform = _transform(name)
     with pytest.raises(ValueError, match="expected"):
@@ -156,7 +157,7 @@ def test_rejects_bad_batches(name: str, rng: np.random.Generator) -> None:
         transform.apply(bad, rng)
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO_TRANSFORMS)
 def test_output_is_sample_aligned(
     name: str, signals: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
 ) -> None:
@@ -173,7 +174,7 @@ def test_output_stays_close_to_speech_like_input(
     assert snr > SNR_FLOOR_DB["speech_like"][name], f"{name}: SNR {snr:.1f} dB"
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO_TRANSFORMS)
 def test_real_speech_stays_aligned_and_close(
     name: str, espeak_speech: np.ndarray, rng: np.random.Generator
 ) -> None:
@@ -184,7 +185,7 @@ def test_real_speech_stays_aligned_and_close(
         assert snr > SNR_FLOOR_DB["espeak"][name], f"{name}: SNR {snr:.1f} dB"
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO_TRANSFORMS)
 def test_gradient_is_identity_bpda(name: str, batch: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
     """Forward runs the real transform; backward passes the upstream gradient unchanged."""
     x = torch.tensor(batch, requires_grad=True)

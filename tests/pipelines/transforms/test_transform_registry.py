@@ -16,21 +16,17 @@ from avsentry.pipelines.transforms import (
     parse_transform_spec,
     transform_defaults,
     transform_from_spec,
+    transform_names,
     transform_params,
 )
 
+AUDIO = transform_names("audio")
 
-def test_names_are_sorted_and_complete() -> None:
-    assert TRANSFORM_NAMES == (
-        "aac",
-        "lowpass",
-        "mel_inversion",
-        "mp3",
-        "noise",
-        "opus",
-        "quantize",
-        "resample",
-    )
+
+def test_names_are_sorted_and_complete_per_modality() -> None:
+    assert AUDIO == ("aac", "lowpass", "mel_inversion", "mp3", "noise", "opus", "quantize", "resample")
+    assert transform_names("video") == ("h264", "jpeg", "median", "rescale")
+    assert TRANSFORM_NAMES == tuple(sorted(AUDIO + transform_names("video")))
 
 
 def test_all_is_sorted_and_importable() -> None:
@@ -39,7 +35,7 @@ def test_all_is_sorted_and_importable() -> None:
         assert hasattr(transforms, exported)
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO)
 def test_make_transform_builds_each_name_at_its_rate(name: str) -> None:
     transform = make_transform(name, sample_rate_hz=16000)
     assert transform.name == name
@@ -54,7 +50,7 @@ def test_make_transform_passes_params() -> None:
 
 
 def test_unknown_name_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown transform 'flac'; known: aac, lowpass"):
+    with pytest.raises(ValueError, match="unknown transform 'flac'; known: aac, h264, jpeg, lowpass"):
         make_transform("flac", sample_rate_hz=16000)
 
 
@@ -134,7 +130,7 @@ def test_normalize_transform_spec_is_canonical(spec: str, canonical: str) -> Non
     assert make_transform(name, sample_rate_hz=16000, **params) == built
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO)
 def test_every_transform_normalizes_to_its_defaults(name: str) -> None:
     name_, params = parse_transform_spec(normalize_transform_spec(name))
     assert name_ == name and params == transform_defaults(name)
@@ -181,7 +177,7 @@ EXTREMES = (-(10**9), -1, 0, 1, 3, 10**9)
 EXTREME_FLOATS = (-1e300, -1.0, 0.0, 1e-300, 0.5, 1e300)
 
 
-@pytest.mark.parametrize("name", TRANSFORM_NAMES)
+@pytest.mark.parametrize("name", AUDIO)
 def test_every_parameter_is_vetted_at_construction(name: str, batch) -> None:
     """For each numeric parameter, extreme values either fail at construction with a ValueError
     or give a transform that works: nothing constructs and then fails on every window."""
