@@ -207,8 +207,8 @@ def detector_options(*, hop: bool = True) -> argparse.ArgumentParser:
             type=positive_int,
             default=None,
             metavar="MS",
-            help="hop between window starts in ms, at most the model's window (default: half an "
-            "audio window, 500 ms for digits; a whole video clip; or the server's for stream and mic)",
+            help="hop between window starts in ms, at most the model's window (default: 500; for "
+            "check on a video model, one whole clip; the server's for stream and mic)",
         )
     return p
 
@@ -682,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=1500, help="optimizer steps (default: 1500)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="clips per step (default: 32)")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate (default: 3e-3)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="training seed, 0 to 999 (default: 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument(
         "--calibration-clips",
@@ -969,6 +969,18 @@ def _resolve_local_model(args: argparse.Namespace) -> None:
             setattr(args, name, value)
 
 
+def _audio_only(args: argparse.Namespace) -> None:
+    """Commands not built for video yet say so, instead of failing deep inside."""
+    from avsentry.pipelines.recognizers import read_manifest
+
+    spec = read_manifest(args.model).spec
+    if spec.modality != "audio":
+        raise CliError(
+            f"model {spec.name!r} takes {spec.modality}; {args.command} supports audio models so far "
+            "(for video: check, train-video)"
+        )
+
+
 def _check(args: argparse.Namespace) -> int:
     from avsentry.stream.offline import run_check
 
@@ -1038,6 +1050,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from avsentry.tools.calibrate_recordings import calibrate_recordings, report
 
     _resolve_local_model(args)
+    _audio_only(args)
     if args.threshold is not None:
         raise CliError("calibrate sets the threshold; --threshold is for check and serve")
     manifest = read_manifest(args.model)
@@ -1076,6 +1089,7 @@ def _offline_detector(args: argparse.Namespace) -> Any:
     from avsentry.stream.offline import detector_from_args
 
     _resolve_local_model(args)
+    _audio_only(args)
     args.noise_seed = 0
     detector, _ = detector_from_args(args)
     return detector
@@ -1116,6 +1130,7 @@ def _bench(args: argparse.Namespace) -> int:
     from avsentry.tools.bench import run_cli
 
     _resolve_local_model(args)
+    _audio_only(args)
     return run_cli(args)
 
 
@@ -1191,9 +1206,10 @@ def _read_token(path: Path | None) -> str | None:
 def _embedded_models() -> list[dict]:
     from avsentry.pipelines.detection import DetectorConfig
     from avsentry.pipelines.recognizers import embedded_models, read_manifest
+    from avsentry.pipelines.recognizers.manifest import DEFAULT_MODEL
 
     rows = []
-    for name in embedded_models():
+    for name in sorted(embedded_models(), key=lambda n: n != DEFAULT_MODEL):  # the default first
         m = read_manifest(name)
         det = m.detector
         cfg, calibrated = DetectorConfig.from_card(det)

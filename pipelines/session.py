@@ -15,6 +15,7 @@ brought to its frame rate before they are cut into clips.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,13 +53,20 @@ class _Windower:
     the last partial one zero-padded: the windows of :func:`~avsentry.pipelines.windowing.frame`
     over the whole signal, whatever pieces it arrives in. Keeps only what later windows need."""
 
-    def __init__(self, *, window: int, hop: int, item_shape: tuple[int, ...], rate_ratio: float) -> None:
+    def __init__(
+        self, *, window: int, hop: int, item_shape: tuple[int, ...], rate_ratio: float, picked: bool = False
+    ) -> None:
         if window < 1 or not 1 <= hop <= window:
             raise ValueError(f"need window >= 1 and 1 <= hop <= window, got window={window}, hop={hop}")
         self.window = window
         self.hop = hop
         self.item_shape = item_shape
         self.rate_ratio = rate_ratio  # input-stream steps per model step
+        # picked: model step k is input step floor(k * ratio) (video frames), so a window's input
+        # range is [floor(start * ratio), floor(end * ratio)): the input frames shown during it,
+        # and the next contiguous window's start; otherwise (resampled audio) the window's bounds
+        # scaled and rounded
+        self.picked = picked
         self._buf = np.zeros((0, *item_shape), np.float32)  # model-rate steps from _buf_start on
         self._buf_start = 0
         self._total = 0  # model-rate steps received so far
@@ -77,13 +85,13 @@ class _Windower:
         return out
 
     def _emit(self, start: int) -> Window:
-        w = Window(
-            index=self._index,
-            data=self._take(start),
-            start=start,
-            start_in=int(round(start * self.rate_ratio)),
-            end_in=int(round((start + self.window) * self.rate_ratio)),
-        )
+        if self.picked:
+            start_in = math.floor(start * self.rate_ratio + 1e-9)
+            end_in = math.floor((start + self.window) * self.rate_ratio + 1e-9)
+        else:
+            start_in = int(round(start * self.rate_ratio))
+            end_in = int(round((start + self.window) * self.rate_ratio))
+        w = Window(index=self._index, data=self._take(start), start=start, start_in=start_in, end_in=end_in)
         self._index += 1
         return w
 
@@ -229,11 +237,14 @@ class VideoSession:
         self.size = (int(height), int(width))
         self.max_input_frames = max_input_frames
         self._windower = _Windower(
-            window=clip_frames, hop=hop, item_shape=(height, width, 3), rate_ratio=input_fps / model_fps
+            window=clip_frames,
+            hop=hop,
+            item_shape=(height, width, 3),
+            rate_ratio=input_fps / model_fps,
+            picked=True,
         )
         self.input_frames = 0
         self._emitted = 0  # model frames made so far
-        self._last: np.ndarray | None = None  # the latest input frame, scaled
         self._flushed = False
 
     def push(self, frames: np.ndarray) -> list[Window]:
@@ -249,9 +260,7 @@ class VideoSession:
         want = (*self.input_size, 3)
         if x.ndim != 4 or x.shape[1:] != want:
             raise ValueError(f"expected frames (n, {want[0]}, {want[1]}, 3), got shape {x.shape}")
-        if x.dtype == np.uint8:
-            x = x.astype(np.float32) / 255.0
-        else:
+        if x.dtype != np.uint8:  # uint8 frames are converted once picked (below)
             x = x.astype(np.float32, copy=False)
             if not np.isfinite(x).all():
                 raise ValueError("frames contain NaN or Inf values")
@@ -263,18 +272,18 @@ class VideoSession:
                 f"stream exceeds {self.max_input_frames / self.input_fps:.0f} s "
                 f"({self.max_input_frames} frames at {self.input_fps:g} fps)"
             )
-        out = []
-        scaled = scale_frames(x, self.size) if n else x
-        for i in range(n):  # model frame k shows the latest input frame at time k / model_fps
-            self._last = scaled[i]
-            index = self.input_frames + i
-            next_time = (index + 1) / self.input_fps
+        picks = []  # model frame k shows the latest input frame at time k / model_fps
+        for i in range(n):
+            next_time = (self.input_frames + i + 1) / self.input_fps
             while self._emitted / self.model_fps < next_time - 1e-9:
-                out.append(self._last)
+                picks.append(i)
                 self._emitted += 1
         self.input_frames += n
-        if out:
-            self._windower.append(np.stack(out))
+        if picks:  # only the frames shown are scaled
+            shown = sorted(set(picks))
+            chosen = x[shown].astype(np.float32) / 255.0 if x.dtype == np.uint8 else x[shown]
+            scaled = dict(zip(shown, scale_frames(chosen, self.size), strict=True))
+            self._windower.append(np.stack([scaled[i] for i in picks]))
         return self._windower.windows(final=False)
 
     def flush(self) -> list[Window]:

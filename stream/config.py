@@ -92,7 +92,7 @@ from pathlib import Path
 from typing import Any
 
 from avsentry.pipelines.audio_io import MAX_CHANNELS, MAX_RATE_HZ
-from avsentry.pipelines.transforms import TRANSFORM_NAMES
+from avsentry.pipelines.transforms import TRANSFORM_NAMES, transform_names
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -135,7 +135,7 @@ class ServerConfig:
     window_cost_ms: float = 0.0
     lock: bool = True
     noise_seed: int = -1
-    allowed_transforms: tuple[str, ...] = tuple(TRANSFORM_NAMES)
+    allowed_transforms: tuple[str, ...] = transform_names("audio")  # the server streams audio
     max_transforms: int = 6
     min_smoothing_n: int = 8
     max_smoothing_n: int = 128

@@ -144,20 +144,24 @@ def hop_samples(hop_ms: float, *, rate_hz: float, window: int, unit: str = "samp
         ValueError: a hop under one step or longer than the window (it would skip input).
     """
     hop = round(hop_ms * rate_hz / 1000)
+    per_s = "Hz" if unit == "sample" else "fps"
     if hop > window:
         raise ValueError(
             f"--hop-ms {hop_ms:g} is longer than the model's {1000 * window / rate_hz:g} ms window "
-            f"({window} {unit}s at {rate_hz:g} Hz): windows would skip input"
+            f"({window} {unit}s at {rate_hz:g} {per_s}): windows would skip input"
         )
     if hop < 1:
-        raise ValueError(f"--hop-ms {hop_ms:g} is shorter than one {unit} at {rate_hz:g} Hz")
+        raise ValueError(f"--hop-ms {hop_ms:g} is shorter than one {unit} at {rate_hz:g} {per_s}")
     return hop
 
 
+AUDIO_HOP_MS = 500  # the server's default hop too (stream/config.py), and calibrate's
+
+
 def default_hop_ms(spec: ModelSpec) -> float:
-    """Half a window for audio (500 ms for a 1 s window, overlapping windows catch a word that
-    straddles two); a whole clip for video (consecutive clips, half the work)."""
-    return 1000 * spec.window_s / (2 if spec.modality == "audio" else 1)
+    """500 ms for audio, as the server and ``calibrate`` use, so ``check`` cuts the windows they
+    cut; a whole clip for video (consecutive clips)."""
+    return AUDIO_HOP_MS if spec.modality == "audio" else 1000 * spec.window_s
 
 
 def model_hop(spec: ModelSpec, hop_ms: float | None) -> int:

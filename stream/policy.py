@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 from avsentry.pipelines.detection import DetectorConfig
 from avsentry.pipelines.smoothing import SmoothingConfig
-from avsentry.pipelines.transforms import TRANSFORM_NAMES, parse_transform_spec
+from avsentry.pipelines.transforms import TRANSFORM_NAMES, parse_transform_spec, transform_names
 from avsentry.stream.errors import InvalidRequest, PolicyViolation
 
 # Per transform, what a client may ask for: an inclusive (low, high) range, or a frozenset of the
@@ -60,7 +60,7 @@ class DefencePolicy:
     """
 
     lock: bool = True
-    allowed_transforms: tuple[str, ...] = tuple(TRANSFORM_NAMES)
+    allowed_transforms: tuple[str, ...] = transform_names("audio")  # the server streams audio
     max_transforms: int = 6
     param_bounds: Mapping[str, Mapping[str, ParamBound]] = field(default_factory=lambda: DEFAULT_PARAM_BOUNDS)
     min_smoothing_n: int = 8

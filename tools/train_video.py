@@ -44,6 +44,8 @@ class VideoTrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.heldout_clips < len(videosynth.ACTIONS):
             raise ValueError("steps and batch_size must be >= 1, heldout_clips >= one per class")
+        if not 0 <= self.seed < 1000:  # seed streams 1,000,003 and 2,000,003 are held out
+            raise ValueError(f"seed must be in [0, 1000), got {self.seed}")
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -227,14 +229,18 @@ def calibrate(
     """
     from avsentry.pipelines.detection import Detector, DetectorConfig
     from avsentry.pipelines.recognizers import load_recognizer, read_manifest
-    from avsentry.tools.calibrate import DEFAULT_CONFIDENCE, fit_detector, score_windows
+    from avsentry.tools.calibrate import DEFAULT_CONFIDENCE, fit_detector
 
     manifest = read_manifest(card_path)
     cfg, _ = DetectorConfig.from_card(manifest.detector)
-    rec = load_recognizer(card_path, backend=backend, device=device)
-    x8, y = videosynth.render_batch(CALIBRATION_SEED, 0, clips)
-    x = x8.astype(np.float32) / 255.0
-    verdicts = score_windows(Detector(rec, cfg), x, batch=32, progress=not quiet)
+    detector = Detector(load_recognizer(card_path, backend=backend, device=device), cfg)
+    verdicts: list = []
+    labels = []
+    for start in tqdm(range(0, clips, 64), desc="calibration clips", unit="batch", disable=quiet):
+        x8, y8 = videosynth.render_batch(CALIBRATION_SEED, start, min(64, clips - start))  # a batch at a time
+        verdicts += detector.analyze(x8.astype(np.float32) / 255.0, keys=range(start, start + len(y8)))
+        labels.append(y8)
+    y = np.concatenate(labels)
     background = videosynth.ACTIONS.index("_background_")
     group = np.where(y == background, "background", "actions")
     data = {

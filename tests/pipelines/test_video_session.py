@@ -66,6 +66,16 @@ def test_a_faster_stream_is_brought_to_the_model_rate() -> None:
     assert (clips[0].start_in, clips[0].end_in) == (0, 16)
 
 
+def test_thirty_to_twenty_five_fps_names_the_frames_each_clip_holds() -> None:
+    """Model frame k shows input frame floor(k * 30 / 25); a clip's input range is that of its
+    first and last frames."""
+    s = _session(input_fps=30.0)
+    clips = s.push(_frames(40)) + s.flush()
+    assert _ids(clips[2].data) == [9, 10, 12, 13, 14, 15, 16, 18]
+    assert (clips[2].start, clips[2].start_in, clips[2].end_in) == (8, 9, 19)
+    assert (clips[0].start_in, clips[0].end_in) == (0, 9)
+
+
 def test_a_slower_stream_repeats_frames() -> None:
     s = _session(input_fps=12.5)
     clips = s.push(_frames(8)) + s.flush()

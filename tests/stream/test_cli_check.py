@@ -237,7 +237,7 @@ def test_bad_transform_spec_is_a_one_line_error(digit_wav) -> None:
 def test_models_lists_the_embedded_models() -> None:
     r = avsentry("models", "--json")
     assert r.returncode == 0, r.stderr
-    video, m = json.loads(r.stdout)
+    m, video = json.loads(r.stdout)  # the default model first
     assert video["name"] == "actions" and video["modality"] == "video"
     assert (video["frames"], video["height"], video["width"], video["fps"]) == (16, 112, 112, 25.0)
     assert video["smoothing_representation"] == "pixels" and video["threshold"] > 0
@@ -246,8 +246,8 @@ def test_models_lists_the_embedded_models() -> None:
     assert m["smoothing_n"] == 32 and m["smoothing_representation"] == "logmel"
     r = avsentry("models")
     lines = r.stdout.splitlines()
-    assert r.returncode == 0 and lines[1].startswith("digits: 12 labels")
-    assert lines[0].startswith("actions: 11 labels") and "16 frames of 112x112 at 25 fps" in lines[0]
+    assert r.returncode == 0 and lines[0].startswith("digits: 12 labels")
+    assert lines[1].startswith("actions: 11 labels") and "16 frames of 112x112 at 25 fps" in lines[1]
 
 
 @pytest.mark.parametrize(
