@@ -73,12 +73,13 @@ class Budget:
             raise ValueError(f"budget {text!r}: {e}") from None
 
     def per_item(self, x: np.ndarray) -> np.ndarray:
-        """Per-clip radius ``(batch,)`` float32 for ``(batch, samples)`` clips."""
+        """Per-clip radius ``(batch,)`` float32 for ``(batch, *item)`` clips (audio windows or
+        video clips; norms over each whole item)."""
         if self.eps is not None:
             return np.full(len(x), self.eps, dtype=np.float32)
         assert self.snr_db is not None
         scale = 10 ** (-self.snr_db / 20)
-        x64 = np.asarray(x, dtype=np.float64)
+        x64 = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         ref = np.sqrt((x64**2).sum(axis=1)) if self.norm == "l2" else np.sqrt((x64**2).mean(axis=1))
         return np.maximum(ref * scale, 1e-8).astype(np.float32)
 
@@ -201,9 +202,9 @@ def params_of(attack: Attack) -> dict[str, Any]:
 
 
 def perturbation_stats(x: np.ndarray, adv: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-item L-inf, L2, L0 (samples changed) and SNR in dB of ``adv - x``."""
-    x64 = np.asarray(x, np.float64)
-    d = np.asarray(adv, np.float64) - x64
+    """Per-item L-inf, L2, L0 (values changed) and SNR in dB of ``adv - x``, over each whole item."""
+    x64 = np.asarray(x, np.float64).reshape(len(x), -1)
+    d = np.asarray(adv, np.float64).reshape(len(x), -1) - x64
     sig = np.sqrt((x64**2).sum(axis=1))
     noise = np.sqrt((d**2).sum(axis=1))
     with np.errstate(divide="ignore"):
@@ -244,12 +245,22 @@ def finish(
     )
 
 
+def per_item(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` values shaped to broadcast over ``(batch, *item)`` tensors like ``like``."""
+    return values.view(-1, *([1] * (like.ndim - 1)))
+
+
+def item_norm(x: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each item of ``(batch, *item)``, shaped to broadcast over it."""
+    return per_item(x.flatten(1).norm(dim=1), x)
+
+
 def project(delta: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
-    """Project ``(batch, samples)`` perturbations onto per-item balls of radius ``eps (batch,)``."""
+    """Project ``(batch, *item)`` perturbations onto per-item balls of radius ``eps (batch,)``."""
+    e = per_item(eps, delta)
     if norm == "linf":
-        return torch.maximum(torch.minimum(delta, eps[:, None]), -eps[:, None])
-    n = delta.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return delta * torch.clamp(eps[:, None] / n, max=1.0)
+        return torch.maximum(torch.minimum(delta, e), -e)
+    return delta * torch.clamp(e / item_norm(delta).clamp_min(1e-12), max=1.0)
 
 
 def clip_to_bounds(adv: torch.Tensor, x0: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -263,17 +274,18 @@ def random_start(shape: torch.Size, eps: torch.Tensor, norm: str, gen: torch.Gen
     """A uniform point in each item's L-inf ball, or a uniformly scaled random direction in its L2 ball."""
     dev = eps.device
     if norm == "linf":
-        return (torch.rand(shape, generator=gen, device=dev) * 2 - 1) * eps[:, None]
+        u = torch.rand(shape, generator=gen, device=dev) * 2 - 1
+        return u * per_item(eps, u)
     r = torch.randn(shape, generator=gen, device=dev)
-    r = r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return r * eps[:, None] * torch.rand(shape[0], 1, generator=gen, device=dev)
+    r = r / item_norm(r).clamp_min(1e-12)
+    return r * per_item(eps * torch.rand(shape[0], generator=gen, device=dev), r)
 
 
 def normalized_step(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """Steepest-ascent direction of unit size: ``sign(g)`` (L-inf) or ``g / ||g||_2`` (L2)."""
     if norm == "linf":
         return grad.sign()
-    return grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return grad / item_norm(grad).clamp_min(1e-12)
 
 
 def generator(device: torch.device, seed: int) -> torch.Generator:

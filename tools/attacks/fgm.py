@@ -21,6 +21,7 @@ from avsentry.tools.attacks.base import (
     clip_to_bounds,
     finish,
     normalized_step,
+    per_item,
 )
 
 
@@ -56,5 +57,6 @@ class FGM:
         adv = x0.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(obj.loss(adv, goal, target is not None).sum(), adv)
         with torch.no_grad():
-            adv = clip_to_bounds(x0 + eps[:, None] * normalized_step(grad, self.budget.norm), x0, lo, hi)
+            step = per_item(eps, grad) * normalized_step(grad, self.budget.norm)
+            adv = clip_to_bounds(x0 + step, x0, lo, hi)
         return finish(model, np.asarray(x, np.float32), adv, np.asarray(y), target, queries=1)
