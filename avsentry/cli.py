@@ -4,15 +4,15 @@ Commands share option groups, built once and attached with argparse ``parents=``
 the same name, type, default and meaning wherever it appears:
 
 - **model** (``check``, ``serve``, ``calibrate``, ``bench core``): ``--model --backend --device``.
-- **detector** (``check``, ``stream``, ``mic``, ``serve``, ``calibrate``):
+- **detector** (``check``, ``stream``, ``mic``, ``camera``, ``serve``, ``calibrate``):
   ``--transforms --n --sigma --representation --no-smoothing --threshold --hop-ms``. A flag not
   given keeps the default defence: the model card's calibrated one (``check``, ``serve``) or the
-  server's (``stream``, ``mic``).
-- **output** (``check``, ``stream``, ``mic``): ``--json --fail-on-flag --quiet``; every verdict
-  is rendered by :mod:`avsentry.pipelines.report`, so ``check --json`` and ``stream --json``
-  print the same schema.
-- **connection** (``stream``, ``mic``, ``models --server``): ``--server --ca --cert --key
-  --token-file``.
+  server's (``stream``, ``mic``, ``camera``).
+- **output** (``check``, ``stream``, ``mic``, ``camera``): ``--json --fail-on-flag --quiet``;
+  every verdict is rendered by :mod:`avsentry.pipelines.report`, so ``check --json`` and
+  ``stream --json`` print the same schema.
+- **connection** (``stream``, ``mic``, ``camera``, ``models --server``): ``--server --ca --cert
+  --key --token-file``.
 
 Exit status: 0 success, 1 an error (one line on stderr), 2 a malformed command line (argparse),
 3 a window was flagged under ``--fail-on-flag``, 130 interrupted. Everything heavy (torch, grpc,
@@ -347,28 +347,38 @@ def connection_options() -> argparse.ArgumentParser:
     return p
 
 
-def _remote_args(p: argparse.ArgumentParser) -> None:
-    """What ``stream`` and ``mic`` send besides the detector: model, interim results, encoding."""
+def _remote_args(p: argparse.ArgumentParser, *, audio: bool = True, video: bool = False) -> None:
+    """What ``stream``, ``mic`` and ``camera`` send besides the detector: model, interim results,
+    and how samples (``--encoding``) or frames (``--pixel-format``) travel."""
     g = p.add_argument_group("stream")
     g.add_argument(
         "--model",
         default=None,
         metavar="NAME",
         help="model name on the server, as 'avsentry models --server' lists (default: the "
-        "server's default model)",
+        "server's default model; for video, the server's default video model)",
     )
     g.add_argument(
         "--interim",
         action="store_true",
         help="also print quick raw-only interim verdicts (default: final verdicts only)",
     )
-    g.add_argument(
-        "--encoding",
-        choices=("float32", "pcm16"),
-        default="float32",
-        help="sample encoding on the wire: float32 sends exactly the decoded samples (what check "
-        "judges), pcm16 half the bytes (default: float32)",
-    )
+    if audio:
+        g.add_argument(
+            "--encoding",
+            choices=("float32", "pcm16"),
+            default="float32",
+            help="audio sample encoding on the wire: float32 sends exactly the decoded samples (what "
+            "check judges), pcm16 half the bytes (default: float32)",
+        )
+    if video:
+        g.add_argument(
+            "--pixel-format",
+            choices=("jpeg", "rgb24", "i420"),
+            default="jpeg",
+            help="video frames on the wire: jpeg (quality 90, compact), rgb24 (exact, what check "
+            "judges), i420 (YUV 4:2:0, half of rgb24) (default: jpeg)",
+        )
 
 
 # -- the parser -----------------------------------------------------------------------------
@@ -508,19 +518,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "stream",
         parents=[detector, output, connection],
-        help="stream a file to a server at real time, print verdicts live",
-        description="Stream a file at its native rate and channels to a server, paced at --rate "
-        "x real time, and print each verdict as it comes back (the schema of 'check --json'); "
-        "a summary ('W windows, K flagged') ends on stderr.",
+        help="stream an audio or video file to a server at real time, print verdicts live",
+        description="Stream a file at its native rate and channels (or frame size and rate) to a "
+        "server, paced at --rate x real time, and print each verdict as it comes back (the "
+        "schema of 'check --json'); a summary ('W windows, K flagged') ends on stderr. A file "
+        "with video and no audio (or with --model naming a video model) streams its frames to "
+        "StreamVideo, one verdict per clip; anything else streams its audio.",
     )
-    p.add_argument("file", type=Path, metavar="FILE", help="WAV, FLAC, MP3... (anything FFmpeg decodes)")
+    p.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        help="WAV, FLAC, MP3..., or MP4, MKV, AVI, WebM, GIF (anything FFmpeg decodes)",
+    )
     p.add_argument(
         "--rate",
         type=non_negative_float,
         default=1.0,
         help="pace: 1 = real time, 2 = twice as fast, 0 = unpaced (default: 1)",
     )
-    _remote_args(p)
+    _remote_args(p, video=True)
 
     p = sub.add_parser(
         "mic",
@@ -557,6 +574,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="capture queue in ms; the oldest audio past it is dropped and counted (default: 2000)",
     )
     _remote_args(p)
+
+    p = sub.add_parser(
+        "camera",
+        parents=[detector, output, connection],
+        help="stream a webcam (or any FFmpeg video device) to a server, print verdicts live",
+        description="Capture frames from a video device through FFmpeg (PyAV) and stream them to "
+        "a server's StreamVideo; print each clip's verdict as it comes back. Ctrl-C (or "
+        "--seconds) ends it with a summary on stderr. Without a camera, '--input-format lavfi "
+        "--input-device testsrc2=size=320x240:rate=25' streams FFmpeg's virtual test source.",
+    )
+    g = p.add_argument_group("capture")
+    g.add_argument(
+        "--input-device",
+        default="/dev/video0",
+        metavar="DEVICE",
+        help="the device, as --input-format takes it (default: /dev/video0)",
+    )
+    g.add_argument(
+        "--input-format",
+        default="v4l2",
+        metavar="FORMAT",
+        help="FFmpeg input format: v4l2, lavfi, x11grab... (default: v4l2)",
+    )
+    g.add_argument(
+        "--video-size",
+        default=None,
+        metavar="WxH",
+        help="frame size to ask the device for, e.g. 640x480 (default: the device's)",
+    )
+    g.add_argument(
+        "--framerate",
+        type=positive_float,
+        default=None,
+        metavar="FPS",
+        help="frame rate to ask the device for (default: the device's)",
+    )
+    g.add_argument(
+        "--seconds",
+        type=positive_float,
+        default=None,
+        help="stop after this many seconds of video (default: until Ctrl-C)",
+    )
+    _remote_args(p, audio=False, video=True)
 
     p = sub.add_parser(
         "models",
@@ -1006,6 +1066,12 @@ def _mic(args: argparse.Namespace) -> int:
     return run_mic(args)
 
 
+def _camera(args: argparse.Namespace) -> int:
+    from avsentry.stream.commands import run_camera
+
+    return run_camera(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from avsentry.stream.commands import run_demo
 
@@ -1139,6 +1205,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _serve,
     "stream": _stream,
     "mic": _mic,
+    "camera": _camera,
     "models": lambda args: _models(args),
     "demo": _demo,
     "train": _train,

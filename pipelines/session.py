@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from avsentry.pipelines.audio_io import Resampler
+from avsentry.pipelines.types import ModelSpec
 
 
 class StreamTooLong(Exception):
@@ -155,6 +156,11 @@ class StreamSession:
         self.input_samples = 0
         self._flushed = False
 
+    @property
+    def received_s(self) -> float:
+        """Seconds of input pushed so far."""
+        return self.input_samples / self.input_rate_hz
+
     def push(self, frames: np.ndarray) -> list[Window]:
         """Add ``(frames, channels)`` (or ``(frames,)`` when mono) float32 audio.
 
@@ -247,6 +253,11 @@ class VideoSession:
         self._emitted = 0  # model frames made so far
         self._flushed = False
 
+    @property
+    def received_s(self) -> float:
+        """Seconds of input pushed so far."""
+        return self.input_frames / self.input_fps
+
     def push(self, frames: np.ndarray) -> list[Window]:
         """Add ``(n, input_height, input_width, 3)`` frames.
 
@@ -292,6 +303,56 @@ class VideoSession:
             return []
         self._flushed = True
         return self._windower.windows(final=True)
+
+
+Session = StreamSession | VideoSession
+
+
+def open_session(
+    spec: ModelSpec,
+    *,
+    rate_hz: float,
+    hop: int,
+    channels: int = 1,
+    frame_size: tuple[int, int] | None = None,
+    max_seconds: float | None = None,
+) -> Session:
+    """The session that cuts a stream into ``spec``'s windows (audio) or clips (video), one every
+    ``hop`` model-rate steps.
+
+    Args:
+        spec: The model's spec; its modality picks the session.
+        rate_hz: The stream's sample rate (audio) or frame rate (video).
+        channels: Interleaved audio channels.
+        frame_size: ``(height, width)`` of the video frames; required for video.
+        max_seconds: Cap on the stream's length (``None``: no cap); past it ``push`` raises
+            :class:`StreamTooLong`.
+    """
+    cap = None if max_seconds is None else int(max_seconds * rate_hz)
+    if spec.modality == "video":
+        if frame_size is None:
+            raise ValueError("a video session needs the frame size")
+        video = spec.video
+        return VideoSession(
+            input_fps=rate_hz,
+            input_height=frame_size[0],
+            input_width=frame_size[1],
+            model_fps=video.fps,
+            height=video.height,
+            width=video.width,
+            clip_frames=video.frames,
+            hop=hop,
+            max_input_frames=cap,
+        )
+    audio = spec.audio
+    return StreamSession(
+        input_rate_hz=int(rate_hz),
+        channels=channels,
+        model_rate_hz=audio.sample_rate_hz,
+        window=audio.window_samples,
+        hop=hop,
+        max_input_samples=cap,
+    )
 
 
 def scale_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:

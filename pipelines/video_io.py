@@ -31,6 +31,10 @@ class VideoReadError(ValueError):
     """The file is missing, unreadable, has no video stream, or is out of the limits."""
 
 
+class VideoTooLong(VideoReadError):
+    """The video passes the duration cap (declared in its header, or once decoded)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VideoLimits:
     """What :class:`VideoFile` accepts.
@@ -110,7 +114,7 @@ class VideoFile:
                 f"{self._what}: frame size {i.width}x{i.height} is outside 1..{lim.max_side}"
             )
         if lim.max_seconds is not None and i.duration_s is not None and i.duration_s > lim.max_seconds:
-            raise VideoReadError(
+            raise VideoTooLong(
                 f"{self._what}: {i.duration_s:.0f} s is longer than the {lim.max_seconds:g} s cap"
             )
 
@@ -143,7 +147,7 @@ class VideoFile:
                     )
                 count += 1
                 if cap is not None and count > cap:
-                    raise VideoReadError(f"{self._what}: longer than the {self.limits.max_seconds:g} s cap")
+                    raise VideoTooLong(f"{self._what}: longer than the {self.limits.max_seconds:g} s cap")
                 block.append(image)
                 if len(block) == frames:
                     yield np.stack(block)
@@ -154,6 +158,19 @@ class VideoFile:
             yield np.stack(block)
         if count == 0:
             raise VideoReadError(f"{self._what}: no frame could be decoded")
+
+
+def media_streams(path: str | Path) -> tuple[bool, bool]:
+    """Whether a file holds (audio, video) streams; ``(False, False)`` when FFmpeg cannot open it.
+    A cover image (an attached picture) is not video."""
+    try:
+        with av.open(str(path), "r") as container:
+            video = any(
+                not (s.disposition & av.stream.Disposition.attached_pic) for s in container.streams.video
+            )
+            return bool(container.streams.audio), video
+    except (av.error.FFmpegError, UnicodeDecodeError, OSError):
+        return False, False
 
 
 def read_video(source: str | Path | bytes, limits: VideoLimits | None = None) -> tuple[np.ndarray, float]:

@@ -1,4 +1,4 @@
-"""``avsentry serve``, ``stream``, ``mic`` and ``demo``: the online commands.
+"""``avsentry serve``, ``stream``, ``mic``, ``camera`` and ``demo``: the online commands.
 
 The clients print every verdict through :class:`~avsentry.stream.offline.VerdictPrinter` (the
 renderer ``avsentry check`` uses), after converting it to a
@@ -102,8 +102,8 @@ def _client(args: argparse.Namespace) -> GuardClient:
 
 
 def stream_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The detector and stream flags of ``stream``/``mic`` as ``make_config`` fields (zeros and
-    empties: the server's default)."""
+    """The detector and stream flags of ``stream``/``mic``/``camera`` as ``make_config`` fields
+    (zeros and empties: the server's default); audio callers add the sample encoding."""
     transforms: list[str] = []
     if args.transforms is not None:
         transforms = list(args.transforms) or ["none"]
@@ -117,7 +117,6 @@ def stream_config(args: argparse.Namespace) -> dict[str, Any]:
         "threshold": args.threshold,
         "hop_ms": args.hop_ms or 0,
         "interim_results": args.interim,
-        "encoding": args.encoding,
     }
 
 
@@ -134,15 +133,62 @@ def _finish(command: str, args: argparse.Namespace, printer: VerdictPrinter, ext
 
 
 def run_stream(args: argparse.Namespace) -> int:
-    """``avsentry stream``: 0, or 3 on a flag with ``--fail-on-flag``."""
+    """``avsentry stream``: 0, or 3 on a flag with ``--fail-on-flag``.
+
+    A file with a video stream goes to StreamVideo when it has no audio or ``--model`` names a
+    video model on the server; anything else streams its audio to StreamAudio.
+    """
     if args.rate < 0:
         raise ValueError(f"--rate must be >= 0, got {args.rate}")
     from avsentry.stream.sources import FileSource
+    from avsentry.stream.video_sources import VideoFileSource
 
     printer = VerdictPrinter(as_json=args.json)
-    with _client(args) as client, FileSource(args.file, rate=args.rate) as source:
-        print_verdicts(client.stream_source(source, **stream_config(args)), printer)
+    with _client(args) as client:
+        if _streams_video(args.file, args.model, client):
+            with VideoFileSource(args.file, rate=args.rate) as video:
+                config = video_stream_config(args, client)
+                print_verdicts(client.stream_video_source(video, **config), printer)
+        else:
+            with FileSource(args.file, rate=args.rate) as source:
+                config = stream_config(args) | {"encoding": args.encoding}
+                print_verdicts(client.stream_source(source, **config), printer)
     return _finish("stream", args, printer)
+
+
+def _streams_video(path: Path, model: str | None, client: GuardClient) -> bool:
+    from avsentry.pipelines.video_io import media_streams
+
+    has_audio, has_video = media_streams(path)
+    if not has_video:
+        return False
+    if not has_audio:
+        return True
+    return bool(model) and _served_model(client, model, "video") is not None
+
+
+def _served_model(client: GuardClient, name: str | None, modality: str) -> pb.ModelInfo | None:
+    """The server's model called ``name`` if it takes ``modality``; without a name, the model a
+    call of that modality gets (the default model, else the first of that modality)."""
+    models = client.list_models()
+    if name:
+        return next((m for m in models if m.name == name and m.modality == modality), None)
+    ordered = sorted(models, key=lambda m: not m.is_default)
+    return next((m for m in ordered if m.modality == modality), None)
+
+
+def video_stream_config(args: argparse.Namespace, client: GuardClient) -> dict[str, Any]:
+    """:func:`stream_config` as ``make_video_config`` fields: ``--hop-ms`` becomes model frames
+    (the server's model fps), and frames travel as ``--pixel-format``."""
+    config = stream_config(args)
+    hop_ms = config.pop("hop_ms")
+    if hop_ms:
+        model = _served_model(client, args.model, "video")
+        if model is None:
+            raise ValueError(f"the server has no video model {args.model or ''}".rstrip())
+        config["hop_frames"] = max(1, round(hop_ms * model.fps / 1000))
+    config["pixel_format"] = args.pixel_format
+    return config
 
 
 def run_mic(args: argparse.Namespace) -> int:
@@ -174,7 +220,8 @@ def run_mic(args: argparse.Namespace) -> int:
                 flush=True,
             )
         try:
-            print_verdicts(client.stream_source(source, **stream_config(args)), printer)
+            config = stream_config(args) | {"encoding": args.encoding}
+            print_verdicts(client.stream_source(source, **config), printer)
         except KeyboardInterrupt:
             pass
         dropped = (
@@ -182,6 +229,36 @@ def run_mic(args: argparse.Namespace) -> int:
             f"{source.input_overflows} input overflow(s) reported by the device"
         )
     return _finish("mic", args, printer, dropped)
+
+
+def run_camera(args: argparse.Namespace) -> int:
+    """``avsentry camera``: until Ctrl-C or ``--seconds``; 0, or 3 on a flag with ``--fail-on-flag``."""
+    from avsentry.stream.video_sources import CameraSource
+
+    printer = VerdictPrinter(as_json=args.json)
+    with (
+        _client(args) as client,
+        CameraSource(
+            args.input_device,
+            input_format=args.input_format,
+            video_size=args.video_size,
+            framerate=args.framerate,
+            max_seconds=args.seconds,
+        ) as source,
+    ):
+        if not args.quiet:
+            print(
+                f"avsentry camera: capturing {source.width}x{source.height} at {source.fps:g} fps from "
+                f"{args.input_device}; Ctrl-C to stop",
+                file=sys.stderr,
+                flush=True,
+            )
+        try:
+            print_verdicts(client.stream_video_source(source, **video_stream_config(args, client)), printer)
+        except KeyboardInterrupt:
+            pass
+        captured = f"; {source.captured} frame(s) captured"
+    return _finish("camera", args, printer, captured)
 
 
 def demo_clips() -> list[Path]:

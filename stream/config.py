@@ -50,7 +50,9 @@ Example ``server.toml`` (every key optional; these are the defaults)::
     lock = true                # clients may only strengthen the calibrated defence
     noise_seed = -1            # -1: a secret random seed per server start and fresh noise per
                                # stream; >= 0: reproducible noise (same audio, same verdict)
-    allowed_transforms = ["aac", "lowpass", "mel_inversion", "mp3", "noise", "opus", "quantize", "resample"]
+    allowed_transforms = ["aac", "h264", "jpeg", "lowpass", "median", "mel_inversion", "mp3", "noise", "opus",
+                          "quantize", "resample", "rescale"]  # audio and video; a stream may use
+                               # only its model's modality
     max_transforms = 6
     min_smoothing_n = 8
     max_smoothing_n = 128
@@ -58,7 +60,8 @@ Example ``server.toml`` (every key optional; these are the defaults)::
     max_sigma = 2.0
     min_hop_ms = 100
     max_detectors = 16         # distinct defence configurations kept built (LRU)
-    hop_ms = 500               # the server's default defence (defaults: the model card's):
+    hop_ms = 500               # the server's default defence for audio models (defaults: the
+                               # model card's; video models run their card's, one clip per hop):
     # transforms = ["mp3", "opus", "aac", "noise"]
     # smoothing_n = 32
     # sigma = 0.25
@@ -92,7 +95,7 @@ from pathlib import Path
 from typing import Any
 
 from avsentry.pipelines.audio_io import MAX_CHANNELS, MAX_RATE_HZ
-from avsentry.pipelines.transforms import TRANSFORM_NAMES, transform_names
+from avsentry.pipelines.transforms import TRANSFORM_NAMES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -135,7 +138,7 @@ class ServerConfig:
     window_cost_ms: float = 0.0
     lock: bool = True
     noise_seed: int = -1
-    allowed_transforms: tuple[str, ...] = transform_names("audio")  # the server streams audio
+    allowed_transforms: tuple[str, ...] = TRANSFORM_NAMES
     max_transforms: int = 6
     min_smoothing_n: int = 8
     max_smoothing_n: int = 128

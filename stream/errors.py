@@ -10,6 +10,7 @@ import grpc
 
 from avsentry.pipelines.audio_io import AudioReadError, AudioTooLong
 from avsentry.pipelines.session import StreamTooLong
+from avsentry.pipelines.video_io import VideoReadError, VideoTooLong
 
 
 class GuardError(Exception):
@@ -57,6 +58,8 @@ STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (PolicyViolation, grpc.StatusCode.PERMISSION_DENIED),
     (AudioTooLong, grpc.StatusCode.OUT_OF_RANGE),
     (AudioReadError, grpc.StatusCode.INVALID_ARGUMENT),
+    (VideoTooLong, grpc.StatusCode.OUT_OF_RANGE),
+    (VideoReadError, grpc.StatusCode.INVALID_ARGUMENT),
     (TooManyStreams, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (AtCapacity, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (MessageTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -31,7 +31,7 @@ from avsentry.pipelines.audio_io import AudioFile, AudioReadError
 from avsentry.pipelines.detection import Detector, DetectorConfig
 from avsentry.pipelines.recognizers import load_recognizer, read_manifest
 from avsentry.pipelines.report import VerdictRecord, format_line, from_verdict, to_dict, window_fields
-from avsentry.pipelines.session import StreamSession, VideoSession, Window
+from avsentry.pipelines.session import Window, open_session
 from avsentry.pipelines.types import ModelSpec
 from avsentry.pipelines.video_io import VideoFile, VideoReadError
 
@@ -181,29 +181,13 @@ def _stream_of(
     """A session cutting the file into the model's windows, the file's blocks, its rate (Hz or
     fps) and its declared duration."""
     if spec.modality == "video":
-        video = spec.video
         with VideoFile(path) as reader:
             info = reader.info
-            session: StreamSession | VideoSession = VideoSession(
-                input_fps=info.fps,
-                input_height=info.height,
-                input_width=info.width,
-                model_fps=video.fps,
-                height=video.height,
-                width=video.width,
-                clip_frames=video.frames,
-                hop=hop,
-            )
+            session = open_session(spec, rate_hz=info.fps, hop=hop, frame_size=(info.height, info.width))
             yield session, reader.blocks(), info.fps, info.duration_s
         return
     with AudioFile(path) as audio:
-        session = StreamSession(
-            input_rate_hz=audio.info.sample_rate_hz,
-            channels=audio.info.channels,
-            model_rate_hz=spec.sample_rate_hz,
-            window=spec.window_samples,
-            hop=hop,
-        )
+        session = open_session(spec, rate_hz=audio.info.sample_rate_hz, hop=hop, channels=audio.info.channels)
         yield session, audio.blocks(), audio.info.sample_rate_hz, audio.info.duration_s
 
 

@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 from avsentry.pipelines.detection import DetectorConfig
 from avsentry.pipelines.smoothing import SmoothingConfig
-from avsentry.pipelines.transforms import TRANSFORM_NAMES, parse_transform_spec, transform_names
+from avsentry.pipelines.transforms import TRANSFORM_NAMES, parse_transform_spec
 from avsentry.stream.errors import InvalidRequest, PolicyViolation
 
 # Per transform, what a client may ask for: an inclusive (low, high) range, or a frozenset of the
@@ -41,6 +41,10 @@ DEFAULT_PARAM_BOUNDS: Mapping[str, Mapping[str, ParamBound]] = MappingProxyType(
             "n_mels": (20, 128),
             "n_iter": (1, 32),
         },
+        "h264": {"crf": (0, 51), "gop": (1, 250)},
+        "jpeg": {"quality": (5, 95)},
+        "rescale": {"factor": (0.2, 0.9)},
+        "median": {"frames": frozenset({3, 5, 7})},
     }
 )
 
@@ -60,7 +64,7 @@ class DefencePolicy:
     """
 
     lock: bool = True
-    allowed_transforms: tuple[str, ...] = transform_names("audio")  # the server streams audio
+    allowed_transforms: tuple[str, ...] = TRANSFORM_NAMES
     max_transforms: int = 6
     param_bounds: Mapping[str, Mapping[str, ParamBound]] = field(default_factory=lambda: DEFAULT_PARAM_BOUNDS)
     min_smoothing_n: int = 8

@@ -21,6 +21,7 @@ import numpy as np
 
 from avsentry.pipelines.detection import Detector, DetectorConfig
 from avsentry.pipelines.recognizers import Manifest, SmoothableRecognizer, load_recognizer, read_manifest
+from avsentry.pipelines.types import ModelSpec
 from avsentry.stream.convert import ModelDefence
 from avsentry.stream.errors import InvalidRequest, clip
 
@@ -48,7 +49,8 @@ class ModelRegistry:
         max_detectors: Detectors kept built (least recently used ones are dropped).
         seed: Base seed of every detector's noise.
         defence_overrides: The server's default defence, as ``DetectorConfig.from_card``
-            overrides applied to each model card's calibrated configuration.
+            overrides applied to each audio model card's calibrated configuration (video models
+            run their card's defence).
         hop_ms: The default hop.
         parallel: Detector calls the server runs at once (its batch workers), for the cost.
         executor: Where every detector's codec work runs (default: the process-wide thread pool).
@@ -80,24 +82,36 @@ class ModelRegistry:
         self._refs: dict[str, str] = {}
         for ref in (default, *extra):
             m = read_manifest(ref)
-            if m.spec.modality != "audio":
-                raise ValueError(
-                    f"model {m.spec.name!r} takes {m.spec.modality}: this server streams audio only so far "
-                    f"(StreamVideo is not built yet); judge video files offline with avsentry check "
-                    f"--model {ref}"
-                )
             self.manifests[m.spec.name] = m
             self._refs[m.spec.name] = ref
-            cfg, calibrated = DetectorConfig.from_card(m.detector, seed=seed, **(defence_overrides or {}))
-            self.defences[m.spec.name] = ModelDefence(detector=cfg, calibrated=calibrated, hop_ms=hop_ms)
+            # the server's [defence] settings are in audio units (codecs, sigma in sample units):
+            # a video model runs its card's defence
+            overrides = (defence_overrides or {}) if m.spec.modality == "audio" else {}
+            cfg, calibrated = DetectorConfig.from_card(m.detector, seed=seed, **overrides)
+            # audio: the server's hop; video: one clip after another
+            model_hop_ms = hop_ms if m.spec.modality == "audio" else round(1000 * m.spec.window_s)
+            self.defences[m.spec.name] = ModelDefence(
+                detector=cfg, calibrated=calibrated, hop_ms=model_hop_ms
+            )
         self.default = read_manifest(default).spec.name
+        # what a call that names no model gets, per modality: the default if it is of that
+        # modality, else the first served model that is
+        self.defaults: dict[str, str] = {}
+        for name in (self.default, *self.manifests):
+            self.defaults.setdefault(self.manifests[name].spec.modality, name)
         self._recognizers: dict[str, SmoothableRecognizer] = {}
         self._detectors: OrderedDict[tuple[str, DetectorConfig], BuiltDetector] = OrderedDict()
         self._lock = threading.Lock()
         self._on_cache = on_cache or (lambda event: None)
 
-    def manifest(self, name: str) -> Manifest:
-        name = name or self.default
+    def manifest(self, name: str, modality: str = "audio") -> Manifest:
+        """The named model's manifest; an empty name is the default model of ``modality``."""
+        if not name:
+            if modality not in self.defaults:
+                raise InvalidRequest(
+                    f"this server guards no {modality} model (it has: {', '.join(self.manifests)})"
+                )
+            name = self.defaults[modality]
         if name not in self.manifests:
             raise InvalidRequest(f"unknown model {clip(name)}; this server has: {', '.join(self.manifests)}")
         return self.manifests[name]
@@ -155,22 +169,17 @@ def measure_cost(detector: Detector, *, parallel: int = 1) -> float:
     batcher runs them) each judging windows of several streams, each window reusing what its
     stream's previous window computed where the detector can. The throughput is ``1 / cost``.
 
-    The windows are speech-like (harmonics under a syllable-rate envelope, plus noise) so codecs
-    work as hard as on speech. The best of two runs is kept.
+    The input looks like what the model is served (see :func:`_synthetic_stream`), so codecs work
+    as hard as in service. The best of two runs is kept.
     """
     spec = detector.recognizer.spec
-    rate, window = spec.sample_rate_hz, spec.window_samples
-    hop = window // 2
+    window = spec.window_shape[0]
+    hop = max(1, window // 2)
     rng = np.random.default_rng(0)
-    t = np.arange(window + 2 * hop) / rate
-
-    def stream() -> np.ndarray:
-        f0 = rng.uniform(90, 220)
-        x = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 6)) / k for k in range(1, 12))
-        env = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(2, 5) * t))
-        return (0.1 * x * env + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
-
-    audio = [[stream() for _ in range(_COST_STREAMS)] for _ in range(parallel)]
+    audio = [
+        [_synthetic_stream(spec, window + 2 * hop, rng) for _ in range(_COST_STREAMS)]
+        for _ in range(parallel)
+    ]
     barrier = threading.Barrier(parallel)
 
     def worker(streams: list[np.ndarray], spans: list[float]) -> None:
@@ -196,3 +205,32 @@ def measure_cost(detector: Detector, *, parallel: int = 1) -> float:
         wall = max(sp[1] for sp in spans) - min(sp[0] for sp in spans)
         best = min(best, wall / (2 * _COST_STREAMS * parallel))
     return best
+
+
+def _synthetic_stream(spec: ModelSpec, length: int, rng: np.random.Generator) -> np.ndarray:
+    """``length`` model-rate steps of input that costs what real input costs: speech-like audio
+    (harmonics under a syllable-rate envelope, plus noise), or video of a textured square moving
+    over a gradient with sensor noise (motion and texture make H.264 work as on camera footage)."""
+    if spec.modality == "audio":
+        t = np.arange(length) / spec.sample_rate_hz
+        f0 = rng.uniform(90, 220)
+        x = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 6)) / k for k in range(1, 12))
+        env = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(2, 5) * t))
+        return (0.1 * x * env + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+    video = spec.video
+    h, w = video.height, video.width
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    background = np.stack([xx / w, yy / h, 0.5 * np.ones_like(xx)], axis=-1)
+    texture = rng.uniform(0, 1, (h // 4, w // 4, 3)).astype(np.float32)
+    side = max(2, min(h, w) // 4)
+    frames = np.empty((length, h, w, 3), np.float32)
+    for i in range(length):
+        frame = background.copy()
+        y0 = (i * 2) % max(1, h - side)
+        x0 = (i * 3) % max(1, w - side)
+        frame[y0 : y0 + side, x0 : x0 + side] = (
+            texture[: side // 4 + 1].repeat(4, 0).repeat(4, 1)[:side, :side]
+        )
+        frames[i] = frame
+    frames += 0.02 * rng.standard_normal(frames.shape).astype(np.float32)
+    return np.clip(frames, 0.0, 1.0)

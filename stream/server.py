@@ -39,8 +39,10 @@ from grpc_reflection.v1alpha import reflection
 from avsentry.pipelines.audio_io import AudioFile, AudioLimits, AudioTooLong
 from avsentry.pipelines.detection import Detector
 from avsentry.pipelines.report import VerdictRecord, from_verdict, window_fields
-from avsentry.pipelines.session import StreamSession, Window
+from avsentry.pipelines.session import Session, Window, open_session
 from avsentry.pipelines.transforms import CodecProcessPool
+from avsentry.pipelines.types import ModelSpec
+from avsentry.pipelines.video_io import VideoFile, VideoLimits
 from avsentry.stream import convert
 from avsentry.stream._proto.avsentry.v1 import guard_pb2 as pb
 from avsentry.stream.batching import Batcher
@@ -66,6 +68,28 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Guard"].full_name
 _END = object()
 # Audio handed to the session per step when a CheckAudio file is decoded (bounds memory).
 _CHECK_STEP_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class _Medium:
+    """What differs between the audio and the video calls: the messages' names, what a payload
+    message is called, and the response of a Check call."""
+
+    modality: str
+    request: str  # the streamed request message
+    config: str  # its config message
+    payload: str  # its payload field ("chunk", "frame")
+    check_request: str
+    check_response: Callable[[], pb.CheckAudioResponse | pb.CheckVideoResponse]
+    what: str  # what an idle stream stops sending ("audio", "frames")
+
+
+_AUDIO = _Medium(
+    "audio", "AudioRequest", "StreamConfig", "chunk", "CheckAudioRequest", pb.CheckAudioResponse, "audio"
+)
+_VIDEO = _Medium(
+    "video", "VideoRequest", "VideoConfig", "frame", "CheckVideoRequest", pb.CheckVideoResponse, "frames"
+)
 
 
 class _Malformed:
@@ -218,6 +242,16 @@ class GuardService:
                     request_deserializer=_lenient(pb.CheckAudioRequest.FromString),
                     response_serializer=pb.CheckAudioResponse.SerializeToString,
                 ),
+                "StreamVideo": grpc.stream_stream_rpc_method_handler(
+                    self.StreamVideo,
+                    request_deserializer=_lenient(pb.VideoRequest.FromString),
+                    response_serializer=pb.Verdict.SerializeToString,
+                ),
+                "CheckVideo": grpc.unary_unary_rpc_method_handler(
+                    self.CheckVideo,
+                    request_deserializer=_lenient(pb.CheckVideoRequest.FromString),
+                    response_serializer=pb.CheckVideoResponse.SerializeToString,
+                ),
                 "ListModels": grpc.unary_unary_rpc_method_handler(
                     self.ListModels,
                     request_deserializer=_lenient(pb.ListModelsRequest.FromString),
@@ -279,14 +313,36 @@ class GuardService:
         for call in self.calls:
             call.drain.set()
 
-    async def _settings(self, cfg: pb.StreamConfig, *, require_audio_format: bool) -> convert.StreamSettings:
-        manifest = self.registry.manifest(cfg.model)
+    async def _settings(
+        self, cfg: pb.StreamConfig | pb.VideoConfig, medium: _Medium, *, require_format: bool
+    ) -> convert.StreamSettings:
+        manifest = self.registry.manifest(cfg.model, medium.modality)
+        default = self.registry.defences[manifest.spec.name]
+        if isinstance(cfg, pb.VideoConfig):
+            settings = convert.video_settings_from_proto(
+                cfg, manifest, default=default, policy=self.policy, require_video_format=require_format
+            )
+            frame_bytes = settings.format.frame_bytes
+            limit = self.config.max_message_bytes - 64  # room for the VideoFrame's other fields
+            if require_format and frame_bytes is not None and frame_bytes > limit:
+                raise InvalidRequest(
+                    f"one {cfg.width}x{cfg.height} frame is {frame_bytes} bytes, over this server's "
+                    f"{self.config.max_message_bytes}-byte message limit; send smaller frames or JPEG"
+                )
+            return settings
         return convert.settings_from_proto(
-            cfg,
-            manifest,
-            default=self.registry.defences[manifest.spec.name],
-            policy=self.policy,
-            require_audio_format=require_audio_format,
+            cfg, manifest, default=default, policy=self.policy, require_audio_format=require_format
+        )
+
+    @staticmethod
+    def _open_session(settings: convert.StreamSettings, spec: ModelSpec, max_seconds: float) -> Session:
+        fmt = settings.format
+        if isinstance(fmt, convert.VideoFormat):
+            return open_session(
+                spec, rate_hz=fmt.fps, hop=settings.hop, frame_size=fmt.frame_size, max_seconds=max_seconds
+            )
+        return open_session(
+            spec, rate_hz=fmt.sample_rate_hz, hop=settings.hop, channels=fmt.channels, max_seconds=max_seconds
         )
 
     async def _detector(self, call: _Call, settings: convert.StreamSettings) -> BuiltDetector:
@@ -312,8 +368,7 @@ class GuardService:
                     "kind": call.kind,
                     "peer": call.peer,
                     "model": settings.model,
-                    "rate_hz": settings.sample_rate_hz,
-                    "channels": settings.channels,
+                    **settings.format.log_fields(),
                     "hop_ms": settings.hop_ms,
                     "transforms": ",".join(det.transforms) or "none",
                     "smoothing_n": det.smoothing.n if det.smoothing else 0,
@@ -323,8 +378,16 @@ class GuardService:
             },
         )
 
-    # -- StreamAudio ------------------------------------------------------------------------
+    # -- StreamAudio, StreamVideo -------------------------------------------------------------
     async def StreamAudio(self, request_iterator: AsyncIterator, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        await self._stream(_AUDIO, request_iterator, context)
+
+    async def StreamVideo(self, request_iterator: AsyncIterator, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        await self._stream(_VIDEO, request_iterator, context)
+
+    async def _stream(
+        self, medium: _Medium, request_iterator: AsyncIterator, context: grpc.aio.ServicerContext
+    ) -> None:
         try:
             call = self._open("stream", context)
         except GuardError as e:
@@ -338,27 +401,20 @@ class GuardService:
             try:
                 first = await asyncio.wait_for(anext(requests, None), self.config.config_timeout_s)
             except TimeoutError:
-                raise IdleTimeout(f"no StreamConfig within {self.config.config_timeout_s:g} s") from None
+                raise IdleTimeout(f"no {medium.config} within {self.config.config_timeout_s:g} s") from None
             if first is MALFORMED:
-                raise InvalidRequest("the first message is not a valid AudioRequest")
+                raise InvalidRequest(f"the first message is not a valid {medium.request}")
             if first is None or first.WhichOneof("request") != "config":
-                raise InvalidRequest("the first message must be a StreamConfig")
-            settings = await self._settings(first.config, require_audio_format=True)
+                raise InvalidRequest(f"the first message must be a {medium.config}")
+            settings = await self._settings(first.config, medium, require_format=True)
             call.request_id = settings.request_id
             built = await self._detector(call, settings)
             self._log_start(call, settings)
             manifest = self.registry.manifest(settings.model)
-            session = StreamSession(
-                input_rate_hz=settings.sample_rate_hz,
-                channels=settings.channels,
-                model_rate_hz=manifest.spec.sample_rate_hz,
-                window=settings.window,
-                hop=settings.hop,
-                max_input_samples=int(self.config.max_stream_s * settings.sample_rate_hz),
-            )
+            session = self._open_session(settings, manifest.spec, self.config.max_stream_s)
             feeder = _Feeder(self, built.detector, settings)
             reader = asyncio.get_running_loop().create_task(
-                self._read(requests, call, session, feeder, pending)
+                self._read(medium, requests, call, session, feeder, pending)
             )
             labels = manifest.spec.labels
             while True:
@@ -412,7 +468,7 @@ class GuardService:
             window_index=item.window.index,
             start_sample=item.window.start_in,
             end_sample=item.window.end_in,
-            sample_rate_hz=settings.sample_rate_hz,
+            sample_rate_hz=settings.rate_hz,
         )
         if item.interim is not None:
             probs = await item.interim
@@ -459,19 +515,31 @@ class GuardService:
 
     async def _read(
         self,
+        medium: _Medium,
         requests: AsyncIterator,
         call: _Call,
-        session: StreamSession,
+        session: Session,
         feeder: _Feeder,
         pending: asyncio.Queue,
     ) -> None:
-        """Consume chunks, cut windows, submit them; errors go down the pending queue in order.
+        """Consume chunks (frames), cut windows (clips), submit them; errors go down the pending
+        queue in order.
 
-        Ends at the end of the stream, on an error, or when the server drains (then the audio
+        Ends at the end of the stream, on an error, or when the server drains (then the input
         received so far is judged and the call ends UNAVAILABLE).
         """
         settings = feeder.settings
-        max_frames = self.config.max_chunk_ms * settings.sample_rate_hz // 1000
+        fmt = settings.format
+        if isinstance(fmt, convert.AudioFormat):
+            max_frames = self.config.max_chunk_ms * fmt.sample_rate_hz // 1000
+
+            def decode(data: bytes, index: int) -> np.ndarray:
+                return convert.decode_chunk(data, fmt, max_frames=max_frames)
+        else:
+
+            def decode(data: bytes, index: int) -> np.ndarray:
+                return convert.decode_frame(data, fmt, index=index)
+
         expected = 0
         drained = asyncio.ensure_future(call.drain.wait())
 
@@ -491,21 +559,24 @@ class GuardService:
                     if drained in done:
                         await submit(session.flush(), time.perf_counter())
                         raise Draining(
-                            f"server is shutting down: stream ended after {session.input_samples} samples "
-                            "(every window of them was judged); reconnect to continue"
+                            f"server is shutting down: stream ended after {session.received_s:.3f} s "
+                            "(every window of it was judged); reconnect to continue"
                         )
-                    raise IdleTimeout(f"no audio for {self.config.idle_timeout_s:g} s")
+                    raise IdleTimeout(f"no {medium.what} for {self.config.idle_timeout_s:g} s")
                 req = nxt.result()
                 if req is None:
                     break
                 if req is MALFORMED:
-                    raise InvalidRequest("a message is not a valid AudioRequest")
-                if req.WhichOneof("request") != "chunk":
-                    raise InvalidRequest("only the first message may be a StreamConfig")
-                if req.chunk.sequence != expected:
-                    raise InvalidRequest(f"chunk sequence {req.chunk.sequence} where {expected} was expected")
+                    raise InvalidRequest(f"a message is not a valid {medium.request}")
+                if req.WhichOneof("request") != medium.payload:
+                    raise InvalidRequest(f"only the first message may be a {medium.config}")
+                payload = getattr(req, medium.payload)
+                if payload.sequence != expected:
+                    raise InvalidRequest(
+                        f"{medium.payload} sequence {payload.sequence} where {expected} was expected"
+                    )
+                frames = decode(payload.data, expected)
                 expected += 1
-                frames = convert.decode_chunk(req.chunk.data, settings, max_frames=max_frames)
                 try:
                     windows = session.push(frames)
                 except ValueError as e:
@@ -521,8 +592,14 @@ class GuardService:
         finally:
             drained.cancel()
 
-    # -- CheckAudio ---------------------------------------------------------------------------
+    # -- CheckAudio, CheckVideo -----------------------------------------------------------------
     async def CheckAudio(self, request, context: grpc.aio.ServicerContext) -> pb.CheckAudioResponse:  # noqa: N802
+        return await self._check(_AUDIO, request, context)
+
+    async def CheckVideo(self, request, context: grpc.aio.ServicerContext) -> pb.CheckVideoResponse:  # noqa: N802
+        return await self._check(_VIDEO, request, context)
+
+    async def _check(self, medium: _Medium, request, context: grpc.aio.ServicerContext):
         try:
             call = self._open("check", context)
         except GuardError as e:
@@ -532,63 +609,62 @@ class GuardService:
         futures: list[tuple[Window, asyncio.Future]] = []
         try:
             if request is MALFORMED:
-                raise InvalidRequest("the request is not a valid CheckAudioRequest")
-            which = request.WhichOneof("audio")
-            if which is None:
-                raise InvalidRequest("CheckAudioRequest needs file or pcm audio")
-            settings = await self._settings(request.config, require_audio_format=which == "pcm")
+                raise InvalidRequest(f"the request is not a valid {medium.check_request}")
+            if medium is _AUDIO:
+                which = request.WhichOneof("audio")
+                if which is None:
+                    raise InvalidRequest("CheckAudioRequest needs file or pcm audio")
+            else:
+                which = "file"
+                if not request.file:
+                    raise InvalidRequest("CheckVideoRequest needs a video file")
+            settings = await self._settings(request.config, medium, require_format=which == "pcm")
             call.request_id = settings.request_id
+            source: AudioFile | VideoFile | None = None
             if which == "file":
-                limits = AudioLimits(max_seconds=self.config.max_check_s)
-                audio = await asyncio.to_thread(AudioFile, request.file, limits)
-                settings = convert.replace_format(
-                    settings, sample_rate_hz=audio.info.sample_rate_hz, channels=audio.info.channels
-                )
-            built = await self._detector(call, settings)
-            self._log_start(call, settings)
-            manifest = self.registry.manifest(settings.model)
-            session = StreamSession(
-                input_rate_hz=settings.sample_rate_hz,
-                channels=settings.channels,
-                model_rate_hz=manifest.spec.sample_rate_hz,
-                window=settings.window,
-                hop=settings.hop,
-                max_input_samples=int(self.config.max_check_s * settings.sample_rate_hz),
-            )
-            t0 = time.perf_counter()
-            feeder = _Feeder(self, built.detector, settings)
+                source = await asyncio.to_thread(self._open_file, medium, request.file)
+                settings = convert.replace_format(settings, _file_format(source, settings))
+            try:
+                built = await self._detector(call, settings)
+                self._log_start(call, settings)
+                manifest = self.registry.manifest(settings.model)
+                session = self._open_session(settings, manifest.spec, self.config.max_check_s)
+                t0 = time.perf_counter()
+                feeder = _Feeder(self, built.detector, settings)
 
-            async def submit(windows: list[Window]) -> None:
-                for w in windows:
-                    _, final = await feeder.submit(w)
-                    final.add_done_callback(lambda _: feeder.slots.release())
-                    futures.append((w, final))
+                async def submit(windows: list[Window]) -> None:
+                    for w in windows:
+                        _, final = await feeder.submit(w)
+                        final.add_done_callback(lambda _: feeder.slots.release())
+                        futures.append((w, final))
 
-            if which == "file":
-                blocks = audio.blocks()
-                try:
+                if source is not None:
+                    blocks = source.blocks()
                     while windows := await asyncio.to_thread(_decode_step, blocks, session):
                         await submit(windows)
-                finally:
-                    audio.close()
-            else:
-                max_frames = int(self.config.max_check_s * settings.sample_rate_hz)
-                seconds = len(request.pcm) // settings.frame_bytes / settings.sample_rate_hz
-                if seconds > self.config.max_check_s:
-                    raise AudioTooLong(
-                        f"{seconds:.0f} s of audio, at most {self.config.max_check_s:g} s accepted"
-                    )
-                frames = convert.decode_chunk(request.pcm, settings, max_frames=max_frames)
-                step = max(1, int(_CHECK_STEP_S * settings.sample_rate_hz))
-                for s in range(0, len(frames), step):
-                    try:
-                        await submit(session.push(frames[s : s + step]))
-                    except ValueError as e:
-                        raise InvalidRequest(str(e)) from e
+                else:
+                    fmt = settings.format
+                    assert isinstance(fmt, convert.AudioFormat)
+                    max_frames = int(self.config.max_check_s * fmt.sample_rate_hz)
+                    seconds = len(request.pcm) // fmt.frame_bytes / fmt.sample_rate_hz
+                    if seconds > self.config.max_check_s:
+                        raise AudioTooLong(
+                            f"{seconds:.0f} s of audio, at most {self.config.max_check_s:g} s accepted"
+                        )
+                    frames = convert.decode_chunk(request.pcm, fmt, max_frames=max_frames)
+                    step = max(1, int(_CHECK_STEP_S * fmt.sample_rate_hz))
+                    for s in range(0, len(frames), step):
+                        try:
+                            await submit(session.push(frames[s : s + step]))
+                        except ValueError as e:
+                            raise InvalidRequest(str(e)) from e
+            finally:
+                if source is not None:
+                    source.close()
             await submit(session.flush())
             verdicts = await asyncio.gather(*(f for _, f in futures))
             latency_ms = (time.perf_counter() - t0) * 1000
-            out = pb.CheckAudioResponse()
+            out = medium.check_response()
             labels = manifest.spec.labels
             for (w, _), v in zip(futures, verdicts, strict=True):
                 record = from_verdict(
@@ -603,7 +679,7 @@ class GuardService:
                         window_index=w.index,
                         start_sample=w.start_in,
                         end_sample=w.end_in,
-                        sample_rate_hz=settings.sample_rate_hz,
+                        sample_rate_hz=settings.rate_hz,
                     ),
                 )
                 out.verdicts.append(convert.record_to_proto(record))
@@ -625,6 +701,12 @@ class GuardService:
                 f.cancel()  # no-op for finished windows; drops the rest
             self._close(call, status, error)
 
+    def _open_file(self, medium: _Medium, data: bytes) -> AudioFile | VideoFile:
+        """A Check call's file, its header read and checked against the server's limits."""
+        if medium is _VIDEO:
+            return VideoFile(data, VideoLimits(max_seconds=self.config.max_check_s))
+        return AudioFile(data, AudioLimits(max_seconds=self.config.max_check_s))
+
     async def ListModels(self, request, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:  # noqa: N802
         if request is MALFORMED:
             await self._abort(context, InvalidRequest("the request is not a valid ListModelsRequest"), None)
@@ -644,9 +726,26 @@ class GuardService:
         await context.abort(code, details_for(e, call.request_id if call else ""))
 
 
-def _decode_step(blocks, session: StreamSession) -> list[Window]:
-    """Decode blocks of a CheckAudio file into the session until it yields windows (or the file
-    ends); runs on a worker thread, so at most a few windows' worth of audio is held at once."""
+def _file_format(
+    source: AudioFile | VideoFile, settings: convert.StreamSettings
+) -> convert.AudioFormat | convert.VideoFormat:
+    """The format a Check call's file header gives (decoded frames travel as RGB)."""
+    if isinstance(source, VideoFile):
+        i = source.info
+        return convert.VideoFormat(
+            pixel_format=pb.PIXEL_FORMAT_RGB24, width=i.width, height=i.height, fps=i.fps
+        )
+    assert isinstance(settings.format, convert.AudioFormat)
+    return convert.AudioFormat(
+        encoding=settings.format.encoding,
+        sample_rate_hz=source.info.sample_rate_hz,
+        channels=source.info.channels,
+    )
+
+
+def _decode_step(blocks, session: Session) -> list[Window]:
+    """Decode blocks of a Check call's file into the session until it yields windows (or the file
+    ends); runs on a worker thread, so at most a few windows' worth of input is held at once."""
     for block in blocks:
         try:
             windows = session.push(block)

@@ -15,7 +15,7 @@ from avsentry.cli import build_parser, transform_list
 SHARED = {
     "model": (("check", "serve", "bench core"), ["--model", "--backend", "--device"]),
     "detector": (
-        ("check", "stream", "mic", "serve"),
+        ("check", "stream", "mic", "camera", "serve"),
         [
             "--transforms",
             "--n",
@@ -26,8 +26,11 @@ SHARED = {
             "--hop-ms",
         ],
     ),
-    "output": (("check", "stream", "mic"), ["--json", "--fail-on-flag", "--quiet"]),
-    "connection": (("stream", "mic", "models"), ["--server", "--ca", "--cert", "--key", "--token-file"]),
+    "output": (("check", "stream", "mic", "camera"), ["--json", "--fail-on-flag", "--quiet"]),
+    "connection": (
+        ("stream", "mic", "camera", "models"),
+        ["--server", "--ca", "--cert", "--key", "--token-file"],
+    ),
 }
 
 
@@ -77,14 +80,14 @@ def test_flags_shared_outside_the_groups_mean_the_same() -> None:
     """A flag name used by several commands has one type (e.g. --noise-seed of check and serve)."""
     cmds = commands(build_parser())
     types: dict[str, set] = {}
-    for cmd in ("check", "serve", "stream", "mic", "models", "calibrate"):
+    for cmd in ("check", "serve", "stream", "mic", "camera", "models", "calibrate"):
         for a in cmds[cmd]._actions:
             for opt in a.option_strings:
                 types.setdefault(opt, set()).add(a.type if a.type is not None else a.__class__)
     assert all(len(t) == 1 for opt, t in types.items()), {k: v for k, v in types.items() if len(v) > 1}
 
 
-@pytest.mark.parametrize("cmd", ["check", "serve", "stream", "mic", "models"])
+@pytest.mark.parametrize("cmd", ["check", "serve", "stream", "mic", "camera", "models"])
 def test_every_option_states_its_default(cmd) -> None:
     parser = commands(build_parser())[cmd]
     for a in parser._actions:
@@ -118,6 +121,7 @@ def test_help_imports_nothing_heavy() -> None:
         ["serve"],
         ["stream"],
         ["mic"],
+        ["camera"],
         ["models"],
         ["train"],
         ["calibrate"],

@@ -72,10 +72,3 @@ def test_audio_only_commands_say_so_for_a_video_model(command: str) -> None:
     r = avsentry(command, "--model", "actions", "--device", "cpu")
     assert r.returncode == 1
     assert f"model 'actions' takes video; {command} supports audio models so far" in r.stderr, r.stderr
-
-
-def test_a_video_model_is_not_served_over_the_audio_stream_yet() -> None:
-    from avsentry.stream.registry import ModelRegistry
-
-    with pytest.raises(ValueError, match="takes video: this server streams audio only so far"):
-        ModelRegistry("actions", backend="torch", device="cpu")

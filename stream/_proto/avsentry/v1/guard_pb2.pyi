@@ -12,9 +12,20 @@ class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIO_ENCODING_UNSPECIFIED: _ClassVar[AudioEncoding]
     AUDIO_ENCODING_PCM16: _ClassVar[AudioEncoding]
     AUDIO_ENCODING_FLOAT32: _ClassVar[AudioEncoding]
+
+class PixelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PIXEL_FORMAT_UNSPECIFIED: _ClassVar[PixelFormat]
+    PIXEL_FORMAT_RGB24: _ClassVar[PixelFormat]
+    PIXEL_FORMAT_I420: _ClassVar[PixelFormat]
+    PIXEL_FORMAT_JPEG: _ClassVar[PixelFormat]
 AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
 AUDIO_ENCODING_PCM16: AudioEncoding
 AUDIO_ENCODING_FLOAT32: AudioEncoding
+PIXEL_FORMAT_UNSPECIFIED: PixelFormat
+PIXEL_FORMAT_RGB24: PixelFormat
+PIXEL_FORMAT_I420: PixelFormat
+PIXEL_FORMAT_JPEG: PixelFormat
 
 class StreamConfig(_message.Message):
     __slots__ = ("model", "encoding", "sample_rate_hz", "channels", "window_ms", "hop_ms", "transforms", "smoothing_n", "smoothing_sigma", "disable_smoothing", "interim_results", "request_id", "smoothing_representation", "threshold")
@@ -161,12 +172,76 @@ class CheckAudioResponse(_message.Message):
     verdicts: _containers.RepeatedCompositeFieldContainer[Verdict]
     def __init__(self, verdicts: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ...) -> None: ...
 
+class VideoConfig(_message.Message):
+    __slots__ = ("model", "pixel_format", "width", "height", "fps", "clip_frames", "hop_frames", "transforms", "smoothing_n", "smoothing_sigma", "disable_smoothing", "interim_results", "request_id", "smoothing_representation", "threshold")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    HOP_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
+    SMOOTHING_N_FIELD_NUMBER: _ClassVar[int]
+    SMOOTHING_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
+    INTERIM_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SMOOTHING_REPRESENTATION_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    pixel_format: PixelFormat
+    width: int
+    height: int
+    fps: float
+    clip_frames: int
+    hop_frames: int
+    transforms: _containers.RepeatedScalarFieldContainer[str]
+    smoothing_n: int
+    smoothing_sigma: float
+    disable_smoothing: bool
+    interim_results: bool
+    request_id: str
+    smoothing_representation: str
+    threshold: float
+    def __init__(self, model: _Optional[str] = ..., pixel_format: _Optional[_Union[PixelFormat, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., clip_frames: _Optional[int] = ..., hop_frames: _Optional[int] = ..., transforms: _Optional[_Iterable[str]] = ..., smoothing_n: _Optional[int] = ..., smoothing_sigma: _Optional[float] = ..., disable_smoothing: _Optional[bool] = ..., interim_results: _Optional[bool] = ..., request_id: _Optional[str] = ..., smoothing_representation: _Optional[str] = ..., threshold: _Optional[float] = ...) -> None: ...
+
+class VideoFrame(_message.Message):
+    __slots__ = ("sequence", "data")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    data: bytes
+    def __init__(self, sequence: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class VideoRequest(_message.Message):
+    __slots__ = ("config", "frame")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    config: VideoConfig
+    frame: VideoFrame
+    def __init__(self, config: _Optional[_Union[VideoConfig, _Mapping]] = ..., frame: _Optional[_Union[VideoFrame, _Mapping]] = ...) -> None: ...
+
+class CheckVideoRequest(_message.Message):
+    __slots__ = ("config", "file")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    config: VideoConfig
+    file: bytes
+    def __init__(self, config: _Optional[_Union[VideoConfig, _Mapping]] = ..., file: _Optional[bytes] = ...) -> None: ...
+
+class CheckVideoResponse(_message.Message):
+    __slots__ = ("verdicts",)
+    VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    verdicts: _containers.RepeatedCompositeFieldContainer[Verdict]
+    def __init__(self, verdicts: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "modality", "labels", "sample_rate_hz", "window_samples", "threshold", "target_fpr", "measured_fpr", "transforms", "smoothing_n", "smoothing_sigma", "smoothing_representation", "is_default")
+    __slots__ = ("name", "modality", "labels", "sample_rate_hz", "window_samples", "threshold", "target_fpr", "measured_fpr", "transforms", "smoothing_n", "smoothing_sigma", "smoothing_representation", "is_default", "frames", "height", "width", "fps")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +255,10 @@ class ModelInfo(_message.Message):
     SMOOTHING_SIGMA_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_REPRESENTATION_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
     name: str
     modality: str
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -193,7 +272,11 @@ class ModelInfo(_message.Message):
     smoothing_sigma: float
     smoothing_representation: str
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., modality: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., sample_rate_hz: _Optional[int] = ..., window_samples: _Optional[int] = ..., threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ..., measured_fpr: _Optional[float] = ..., transforms: _Optional[_Iterable[str]] = ..., smoothing_n: _Optional[int] = ..., smoothing_sigma: _Optional[float] = ..., smoothing_representation: _Optional[str] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    frames: int
+    height: int
+    width: int
+    fps: float
+    def __init__(self, name: _Optional[str] = ..., modality: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., sample_rate_hz: _Optional[int] = ..., window_samples: _Optional[int] = ..., threshold: _Optional[float] = ..., target_fpr: _Optional[float] = ..., measured_fpr: _Optional[float] = ..., transforms: _Optional[_Iterable[str]] = ..., smoothing_n: _Optional[int] = ..., smoothing_sigma: _Optional[float] = ..., smoothing_representation: _Optional[str] = ..., is_default: _Optional[bool] = ..., frames: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., fps: _Optional[float] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

@@ -44,6 +44,16 @@ class GuardStub:
                 request_serializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioRequest.SerializeToString,
                 response_deserializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioResponse.FromString,
                 _registered_method=True)
+        self.StreamVideo = channel.stream_stream(
+                '/avsentry.v1.Guard/StreamVideo',
+                request_serializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.VideoRequest.SerializeToString,
+                response_deserializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.Verdict.FromString,
+                _registered_method=True)
+        self.CheckVideo = channel.unary_unary(
+                '/avsentry.v1.Guard/CheckVideo',
+                request_serializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckVideoRequest.SerializeToString,
+                response_deserializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckVideoResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/avsentry.v1.Guard/ListModels',
                 request_serializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.ListModelsRequest.SerializeToString,
@@ -68,6 +78,20 @@ class GuardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamVideo(self, request_iterator, context):
+        """Bidirectional: a VideoConfig first, then frames; one Verdict per clip (plus interim ones).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckVideo(self, request, context):
+        """A whole video file (any container FFmpeg decodes: MP4, MKV, AVI, WebM, GIF); all verdicts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """The models this server can guard, with labels, rates and calibration.
         """
@@ -87,6 +111,16 @@ def add_GuardServicer_to_server(servicer, server):
                     servicer.CheckAudio,
                     request_deserializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioRequest.FromString,
                     response_serializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioResponse.SerializeToString,
+            ),
+            'StreamVideo': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamVideo,
+                    request_deserializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.VideoRequest.FromString,
+                    response_serializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.Verdict.SerializeToString,
+            ),
+            'CheckVideo': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckVideo,
+                    request_deserializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckVideoRequest.FromString,
+                    response_serializer=avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckVideoResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -148,6 +182,60 @@ class Guard:
             '/avsentry.v1.Guard/CheckAudio',
             avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioRequest.SerializeToString,
             avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckAudioResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamVideo(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/avsentry.v1.Guard/StreamVideo',
+            avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.VideoRequest.SerializeToString,
+            avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.Verdict.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckVideo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/avsentry.v1.Guard/CheckVideo',
+            avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckVideoRequest.SerializeToString,
+            avsentry_dot_stream_dot___proto_dot_avsentry_dot_v1_dot_guard__pb2.CheckVideoResponse.FromString,
             options,
             channel_credentials,
             insecure,
