@@ -827,11 +827,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     attack_help = (
         "SPEC is NAME or NAME:key=value,... with NAME one of fgsm, fgm, bim, pgd, cw, deepfool, "
-        "jsma, nes, sparse, adaptive; eps=0.002 (sample units) or eps=30db (perturbation at least "
-        "30 dB under each clip), norm=linf|l2, target=none|random|next|LABEL, and the attack's own "
-        "parameters (steps=, restarts=, ...; a wrong key lists the known ones). 'adaptive' attacks "
-        "the whole guard (BPDA through the codecs, EOT over the noise) as configured by the "
-        "detector options."
+        "jsma, nes, sparse, adaptive (audio) or fgsm, fgm, bim, pgd, frame_saliency, adaptive "
+        "(video); eps=0.002 or eps=4/255 (input units: samples, or pixels in [0, 1]) or eps=30db "
+        "(perturbation at least 30 dB under each clip), norm=linf|l2, target=none|random|next|LABEL, "
+        "and the attack's own parameters (steps=, restarts=, frame_saliency's mode=one_shot|"
+        "iterative|refresh|frames and frames=0/5/9, ...; a wrong key lists the known ones). "
+        "'adaptive' attacks the whole guard (BPDA through the codecs, H.264 included, EOT over "
+        "the noise) as configured by the detector options."
     )
     clean = argparse.ArgumentParser(add_help=False)
     g = clean.add_argument_group("clean set")
@@ -839,8 +841,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--clean",
         default="heldout",
         metavar="heldout|DIR",
-        help="clean clips: 'heldout' (the digit model's held-out voices, synthesised here) or a "
-        "folder of your labelled recordings, DIR/<label>/*.wav|flac|mp3... (default: heldout)",
+        help="clean clips: 'heldout' (the digit model's held-out voices, synthesised here; the "
+        "action model's held-out procedural clips) or a folder of your labelled recordings, "
+        "DIR/<label>/*.wav|flac|mp3... (video: *.mp4|mkv|avi|webm|gif, the first clip of each) "
+        "(default: heldout)",
     )
     g.add_argument("--clips", type=positive_int, default=40, help="clean clips to use (default: 40)")
     g.add_argument(
@@ -852,18 +856,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "attack",
         parents=[model, detector_options(hop=False), certified_detection_options(), clean],
-        help="generate adversarial examples (WAV files + a JSONL manifest)",
+        help="generate adversarial examples (WAV files or video clips + a JSONL manifest)",
         description="Attack the clean clips the model gets right, on the waveform through the "
-        "model's own feature front end, and write the adversarials as 32-bit float WAVs with "
-        "their clean originals and a manifest.jsonl (source, true label, target, attack, "
-        "parameters, seed, success, L2, L-inf, L0, SNR dB, queries). " + attack_help,
+        "model's own feature front end (or on the pixels of video clips), and write the "
+        "adversarials with their clean originals (32-bit float WAVs; for video, the exact clip as "
+        ".npy plus .mp4 and .gif to watch) and a manifest.jsonl (source, true label, target, "
+        "attack, parameters, seed, success, L2, L-inf, L0, SNR dB, queries; frames changed for "
+        "video). " + attack_help,
     )
     p.add_argument(
         "--attack",
         dest="attacks",
         action="append",
         metavar="SPEC",
-        help="an attack; repeat for several (default: pgd:eps=30db)",
+        help="an attack; repeat for several (default: pgd:eps=30db; video: "
+        "frame_saliency:mode=refresh,eps=8/255)",
     )
     p.add_argument(
         "--out", type=Path, default=Path("runs/attacks"), help="output folder (default: runs/attacks)"
@@ -886,7 +893,9 @@ def build_parser() -> argparse.ArgumentParser:
         "accuracy; per attack, success, accuracy under attack, guarded accuracy, evasion, "
         "detection AUC and TPR at 1 %% and 0.1 %% FPR (combined and per transform), SNR/L2/L-inf; "
         "certified accuracy of randomized smoothing per representation and sigma; certified "
-        "detection. " + attack_help,
+        "detection. For a video model: the frames each attack changed, and a table of whether an "
+        "H.264 round trip at CRF 18 to 43 restores the clean label (pixel-space certification; "
+        "--server and --art are audio only). " + attack_help,
     )
     p.add_argument(
         "--attack",
@@ -899,8 +908,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite",
         choices=("standard", "quick", "none"),
         default="standard",
-        help="attacks when no --attack is given: standard (every family, adaptive at 40/30/20 dB), "
-        "quick (fgsm, pgd, adaptive at 30 dB) or none (default: standard)",
+        help="attacks when no --attack is given: standard (every family, adaptive at 40/30/20 dB; "
+        "video: fgsm, pgd, the three frame-saliency modes, adaptive at 4/255 and 8/255), quick "
+        "(fgsm, pgd, adaptive at 30 dB; video: fgsm, frame saliency, adaptive at 4/255) or none "
+        "(default: standard)",
     )
     p.add_argument(
         "--adversarial",
@@ -948,7 +959,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--certify-representations",
         default="waveform,spectrogram,logmel",
-        help="comma-separated representations (default: waveform,spectrogram,logmel)",
+        help="comma-separated representations (default: waveform,spectrogram,logmel; video: pixels)",
     )
     g.add_argument(
         "--certify-alpha",
@@ -970,13 +981,38 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=int, default=5, help="timed repetitions per measurement (default: 5)")
     b.add_argument("--batch", type=int, default=32, help="windows per batch for raw inference (default: 32)")
     b = bsub.add_parser(
+        "video",
+        help="the H.264 defence against IBM ART's VideoCompression, and the video detector's throughput",
+        description="Time the H.264 round trip (ours, in memory, at two presets) and IBM ART's "
+        "VideoCompression (ffmpeg subprocess; needs tools/setup.sh --dev) on the same held-out "
+        "action clips, then the whole video detector as serve runs it (2 workers, torch threads "
+        "1, codecs in worker processes): clips/s and the real-time streams that makes.",
+    )
+    b.add_argument(
+        "--model", default="actions", help="video model, embedded name or manifest (default: actions)"
+    )
+    b.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    b.add_argument("--clips", type=positive_int, default=32, help="clips per timed run (default: 32)")
+    b.add_argument("--crf", type=int, default=28, help="H.264 constant rate factor for both (default: 28)")
+    b.add_argument("--n", type=positive_int, default=16, help="smoothing copies per clip (default: 16)")
+    b.add_argument("--batch", type=positive_int, default=8, help="clips per detector batch (default: 8)")
+    b.add_argument("--repeat", type=positive_int, default=3, help="timed repetitions (default: 3)")
+    b = bsub.add_parser(
         "stream", help="latency and capacity of a local server under concurrent real-time streams"
     )
     b.add_argument(
         "--streams", default="1,8,16,24,32", help="comma-separated stream counts (default: 1,8,16,24,32)"
     )
     b.add_argument("--seconds", type=float, default=20.0, help="audio per stream in s (default: 20)")
-    b.add_argument("--n", type=int, default=32, help="smoothing copies per window (default: 32)")
+    b.add_argument(
+        "--n", type=int, default=None, help="smoothing copies per window (default: 32; with --video 16)"
+    )
+    b.add_argument(
+        "--video",
+        action="store_true",
+        help="stream 112x112 video at 25 fps to the embedded action model instead of speech "
+        "(default: speech)",
+    )
     b.add_argument("--transforms", default=None, help="transform specs (default: the model's calibrated set)")
     b.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     b.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="(default: torch)")
@@ -992,7 +1028,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--sync",
         action="store_true",
-        help="start all streams at the same instant (worst case) instead of spread over one hop",
+        help="start all streams at the same instant (worst case) instead of spread over one hop "
+        "(default: spread)",
     )
     b.add_argument(
         "--max-load",
@@ -1029,15 +1066,15 @@ def _resolve_local_model(args: argparse.Namespace) -> None:
             setattr(args, name, value)
 
 
-def _audio_only(args: argparse.Namespace) -> None:
-    """Commands not built for video yet say so, instead of failing deep inside."""
+def _audio_only(args: argparse.Namespace, what: str = "") -> None:
+    """Commands (or options) not built for video yet say so, instead of failing deep inside."""
     from avsentry.pipelines.recognizers import read_manifest
 
     spec = read_manifest(args.model).spec
     if spec.modality != "audio":
         raise CliError(
-            f"model {spec.name!r} takes {spec.modality}; {args.command} supports audio models so far "
-            "(for video: check, train-video)"
+            f"model {spec.name!r} takes {spec.modality}; {what or args.command} supports audio models "
+            "so far (for video: check, attack, evaluate, train-video, bench video)"
         )
 
 
@@ -1155,7 +1192,10 @@ def _offline_detector(args: argparse.Namespace) -> Any:
     from avsentry.stream.offline import detector_from_args
 
     _resolve_local_model(args)
-    _audio_only(args)
+    if args.server:
+        _audio_only(args, f"{args.command} --server")
+    if getattr(args, "art", False):
+        _audio_only(args, f"{args.command} --art")
     args.noise_seed = 0
     detector, _ = detector_from_args(args)
     return detector
@@ -1188,6 +1228,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench == "video":
+        from avsentry.tools.bench import run_video_cli
+
+        return run_video_cli(args)
     if args.bench == "stream":
         from avsentry.stream.bench import bench_stream
 

@@ -11,6 +11,11 @@ last verdict over audio duration; 1.0 is the floor for paced streams), windows l
 received; must be 0), streams refused by admission control (RESOURCE_EXHAUSTED before any
 verdict), and the largest N that stayed within the p99 budget with nothing lost or refused.
 Not a test: nothing is asserted.
+
+With ``--video`` the server guards the embedded action model and each stream sends ``--seconds``
+of 112x112 video at 25 fps (a textured square moving over a gradient with sensor noise, different
+per stream) as raw RGB frames paced at real time, one verdict per 16-frame clip; latency runs from
+the clip's last frame being sent.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from avsentry.stream.client import GuardClient
 
 CHUNK_MS = 100
 RATE = 16_000
+VIDEO_MODEL = "actions"
 
 
 @dataclass
@@ -108,18 +114,65 @@ def _one_stream(
         result.error = f"{type(e).__name__}: {e}"
 
 
-def run_level(target: str, n: int, audios: list[np.ndarray], cfg: dict, *, sync: bool = False) -> dict:
+def _video(seconds: float, *, seed: int) -> np.ndarray:
+    """One stream's frames: ``seconds`` of the action model's size and rate, uint8 RGB."""
+    from avsentry.pipelines.recognizers import read_manifest
+    from avsentry.stream.registry import synthetic_stream
+
+    spec = read_manifest(VIDEO_MODEL).spec
+    frames = synthetic_stream(spec, round(seconds * spec.video.fps), np.random.default_rng(seed))
+    return np.rint(frames * 255).astype(np.uint8)
+
+
+def _one_video_stream(
+    client: GuardClient, frames: np.ndarray, cfg: dict, result: StreamResult, start_at: float
+) -> None:
+    fps, clip = 25.0, 16
+    sent_at: list[float] = []
+
+    def paced():
+        while time.perf_counter() < start_at:
+            time.sleep(0.001)
+        t0 = time.perf_counter()
+        for k, frame_k in enumerate(frames):
+            delay = t0 + k / fps - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            sent_at.append(time.perf_counter())
+            yield frame_k
+
+    result.expected = -(-len(frames) // clip)
+    h, w = frames.shape[1:3]
+    try:
+        for v in client.stream_video(paced(), width=w, height=h, fps=fps, pixel_format="rgb24", **cfg):
+            now = time.perf_counter()
+            last = min(len(sent_at), v.end_sample, len(frames)) - 1
+            result.latencies_ms.append((now - sent_at[last]) * 1000)
+            result.server_latencies_ms.append(v.latency_ms)
+            result.received += 1
+        result.wall_s = time.perf_counter() - start_at
+    except grpc.RpcError as e:
+        result.error = f"{e.code().name}: {e.details()}"
+        result.refused = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and result.received == 0
+    except Exception as e:  # noqa: BLE001 - counted as lost clips and reported
+        result.error = f"{type(e).__name__}: {e}"
+
+
+def run_level(
+    target: str, n: int, audios: list[np.ndarray], cfg: dict, *, sync: bool = False, video: bool = False
+) -> dict:
     """N streams at once. Stream k starts k/N of a hop after the first (arrivals spread over the
     hop, as independent users' are), or all at the same instant with ``sync`` (the worst case:
-    every stream completes a window at the same moment)."""
+    every stream completes a window at the same moment). With ``video`` the inputs are frames."""
     results = [StreamResult() for _ in range(n)]
     t0 = time.perf_counter() + 0.5
     starts = [t0 if sync else t0 + 0.5 * k / n for k in range(n)]
     # one channel (one HTTP/2 connection) for all streams, as a gateway would send them: the load
     # generator shares the machine with the server and should cost it as little as possible
     with GuardClient(target) as client:
+        one = _one_video_stream if video else _one_stream
         threads = [
-            threading.Thread(target=_one_stream, args=(client, audios[k], cfg, results[k], starts[k]))
+            threading.Thread(target=one, args=(client, audios[k], cfg, results[k], starts[k]))
             for k in range(n)
         ]
         for t in threads:
@@ -128,7 +181,7 @@ def run_level(target: str, n: int, audios: list[np.ndarray], cfg: dict, *, sync:
             t.join()
     lat = np.array([x for r in results for x in r.latencies_ms])
     srv = np.array([x for r in results for x in r.server_latencies_ms])
-    audio_s = len(audios[0]) / RATE
+    audio_s = len(audios[0]) / (25.0 if video else RATE)
     out = {
         "streams": n,
         "windows": int(sum(r.received for r in results)),
@@ -149,6 +202,8 @@ def _start_server(args: argparse.Namespace, log) -> tuple[subprocess.Popen, str]
     port = _free_port()
     cmd = [sys.executable, "-m", "avsentry", "serve", "--port", str(port), "--log-level", "warning"]
     cmd += ["--device", args.device, "--backend", args.backend, "--workers", str(args.workers)]
+    if getattr(args, "video", False):
+        cmd += ["--model", VIDEO_MODEL]
     cmd += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
     if args.torch_threads is not None:
         cmd += ["--torch-threads", str(args.torch_threads)]
@@ -188,18 +243,27 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
 
 
 def _run_levels(args: argparse.Namespace, target: str, counts: list[int], *, started: bool) -> list[dict]:
-    cfg: dict = {"smoothing_n": args.n}
+    video = bool(getattr(args, "video", False))
+    cfg: dict = {"smoothing_n": args.n or (16 if video else 32)}
     if args.transforms is not None:
         cfg["transforms"] = [t for t in args.transforms.split(",") if t] or ["none"]
     floor = None if args.noise_floor_db is None or args.noise_floor_db <= -200 else args.noise_floor_db
-    audios = [_audio(args.seconds, seed=k, noise_floor_db=floor) for k in range(max(counts))]
+    if video:
+        audios = [_video(args.seconds, seed=k) for k in range(max(counts))]
+    else:
+        audios = [_audio(args.seconds, seed=k, noise_floor_db=floor) for k in range(max(counts))]
     where = (
         f"a local avsentry serve (workers={args.workers}, max_batch={args.max_batch})" if started else target
     )
+    what = (
+        "112x112 video per stream (raw RGB frames at 25 fps, real time, a verdict per 16-frame clip)"
+        if video
+        else f"speech per stream (noise floor {'none' if floor is None else f'{floor:g} dBFS'}), "
+        f"{CHUNK_MS} ms chunks at real time"
+    )
     print(
-        f"# avsentry bench stream: {args.seconds:g} s of speech per stream "
-        f"(noise floor {'none' if floor is None else f'{floor:g} dBFS'}), {CHUNK_MS} ms chunks at real "
-        f"time ({'all in step' if args.sync else 'starts spread over one hop'}), n={args.n}, "
+        f"# avsentry bench stream: {args.seconds:g} s of {what} "
+        f"({'all in step' if args.sync else 'starts spread over one hop'}), n={cfg['smoothing_n']}, "
         f"transforms={cfg.get('transforms', 'model default')}, device={args.device}, server: {where}, "
         f"cpus={os.cpu_count()}",
         flush=True,
@@ -211,7 +275,7 @@ def _run_levels(args: argparse.Namespace, target: str, counts: list[int], *, sta
     )
     rows = []
     for n in counts:
-        r = run_level(target, n, audios, cfg, sync=args.sync)
+        r = run_level(target, n, audios, cfg, sync=args.sync, video=video)
         rows.append(r)
         print(
             f"{r['streams']:7d} {r['refused']:7d} {r['windows']:7d} {r['lost']:5d} {r['p50_ms']:8.1f} "

@@ -169,7 +169,7 @@ def measure_cost(detector: Detector, *, parallel: int = 1) -> float:
     batcher runs them) each judging windows of several streams, each window reusing what its
     stream's previous window computed where the detector can. The throughput is ``1 / cost``.
 
-    The input looks like what the model is served (see :func:`_synthetic_stream`), so codecs work
+    The input looks like what the model is served (see :func:`synthetic_stream`), so codecs work
     as hard as in service. The best of two runs is kept.
     """
     spec = detector.recognizer.spec
@@ -177,8 +177,7 @@ def measure_cost(detector: Detector, *, parallel: int = 1) -> float:
     hop = max(1, window // 2)
     rng = np.random.default_rng(0)
     audio = [
-        [_synthetic_stream(spec, window + 2 * hop, rng) for _ in range(_COST_STREAMS)]
-        for _ in range(parallel)
+        [synthetic_stream(spec, window + 2 * hop, rng) for _ in range(_COST_STREAMS)] for _ in range(parallel)
     ]
     barrier = threading.Barrier(parallel)
 
@@ -207,7 +206,7 @@ def measure_cost(detector: Detector, *, parallel: int = 1) -> float:
     return best
 
 
-def _synthetic_stream(spec: ModelSpec, length: int, rng: np.random.Generator) -> np.ndarray:
+def synthetic_stream(spec: ModelSpec, length: int, rng: np.random.Generator) -> np.ndarray:
     """``length`` model-rate steps of input that costs what real input costs: speech-like audio
     (harmonics under a syllable-rate envelope, plus noise), or video of a textured square moving
     over a gradient with sensor noise (motion and texture make H.264 work as on camera footage)."""

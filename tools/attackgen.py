@@ -1,5 +1,6 @@
-"""The offline attack generator behind ``avsentry attack``: clean clips in, adversarial WAVs and a
-JSONL manifest out; and the readers ``avsentry evaluate`` uses to judge them later.
+"""The offline attack generator behind ``avsentry attack``: clean clips in, adversarial WAVs (or
+video clips) and a JSONL manifest out; and the readers ``avsentry evaluate`` uses to judge them
+later.
 
 Clean clips come from the project's held-out voices (:func:`avsentry.tools.heldout.heldout_speech_set`)
 or from a folder of the user's labelled recordings, ``DIR/<label>/*.<ext>`` (any format PyAV
@@ -11,6 +12,12 @@ Adversarials are written as 32-bit float WAVs (a 16-bit file would round away pe
 quieter than about -90 dBFS) under ``OUT/<attack label>/NNNNN.wav`` with the clean clip under
 ``OUT/clean/NNNNN.wav``; one manifest line per adversarial records the source, true label,
 target, attack, parameters, seed, success, L2, L-inf, L0, SNR dB and queries.
+
+For a video model the clean set is the held-out stream of the procedural action generator
+(:mod:`avsentry.tools.videosynth`) or ``DIR/<label>/*.mp4`` (the first clip of each file). Each
+clip is written three times: ``NNNNN.npy`` (the exact float32 clip, what ``evaluate`` reads back),
+``NNNNN.mp4`` (H.264, CRF 18) and ``NNNNN.gif`` to look at; the manifest also records the frames
+each adversarial changed.
 """
 
 from __future__ import annotations
@@ -30,10 +37,19 @@ from avsentry.pipelines.audio_io import read_audio
 from avsentry.pipelines.detection import Detector
 from avsentry.pipelines.types import ModelSpec
 from avsentry.tools.attacks.base import AttackResult, choose_targets, params_of, run_attack
-from avsentry.tools.attacks.catalog import BLACK_BOX, GUARD_ATTACKS, AttackSpec, parse_attack_spec
-from avsentry.tools.recordings import CleanSet, folder_set
+from avsentry.tools.attacks.catalog import (
+    BLACK_BOX,
+    GUARD_ATTACKS,
+    AttackSpec,
+    check_modality,
+    parse_attack_spec,
+)
+from avsentry.tools.attacks.frame_saliency import frames_changed
+from avsentry.tools.recordings import CleanSet, folder_set, folder_video_set
 
 MANIFEST = "manifest.jsonl"
+#: what ``avsentry attack`` runs without ``--attack``
+DEFAULT_ATTACK = {"audio": "pgd:eps=30db", "video": "frame_saliency:mode=refresh,eps=8/255"}
 
 
 def heldout_set(labels: Sequence[str], *, clips: int, seed: int = 1, progress: bool = True) -> CleanSet:
@@ -50,10 +66,51 @@ def heldout_set(labels: Sequence[str], *, clips: int, seed: int = 1, progress: b
     return CleanSet(x=data["x"], y=data["y"], names=names)
 
 
+def heldout_video_set(labels: Sequence[str], *, clips: int, seed: int = 1) -> CleanSet:
+    """``clips`` held-out clips of the action model (class-balanced, from clip ``1000 * seed`` of
+    the held-out generator stream), float32 in [0, 1]."""
+    from avsentry.tools import videosynth
+
+    if tuple(labels) != videosynth.ACTIONS:
+        raise ValueError("the procedural held-out clips fit the actions model only: give --clean DIR")
+    start = 1000 * seed
+    x, y = videosynth.render_batch(videosynth.HELDOUT_SEED, start, clips)
+    names = tuple(f"videosynth/heldout/{start + k}/{labels[int(c)]}" for k, c in enumerate(y))
+    return CleanSet(x=x.astype(np.float32) / 255.0, y=y, names=names)
+
+
 def write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
     """A mono 32-bit float WAV (exact samples)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     wavfile.write(path, rate, np.asarray(audio, np.float32))
+
+
+def write_item(path: Path, item: np.ndarray, spec: ModelSpec) -> Path:
+    """Write one clip at ``path`` (no suffix): a WAV for audio; for video the exact ``.npy`` plus
+    ``.mp4`` and ``.gif`` to watch. Returns the file ``evaluate`` reads back."""
+    if spec.modality == "audio":
+        out = path.with_suffix(".wav")
+        write_wav(out, item, spec.sample_rate_hz)
+        return out
+    from avsentry.pipelines.video_io import write_video
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = path.with_suffix(".npy")
+    np.save(out, np.asarray(item, np.float32))
+    frames = np.rint(np.clip(item, 0.0, 1.0) * 255).astype(np.uint8)
+    for suffix in (".mp4", ".gif"):
+        write_video(path.with_suffix(suffix), frames, fps=spec.video.fps)
+    return out
+
+
+def read_item(path: Path, spec: ModelSpec) -> np.ndarray:
+    """A clip :func:`write_item` wrote (or, for audio, any audio file at the model's rate)."""
+    if spec.modality == "video":
+        x = np.load(path, allow_pickle=False)
+        if x.shape != spec.window_shape:
+            raise ValueError(f"{path}: a clip of shape {x.shape}, the model takes {spec.window_shape}")
+        return x.astype(np.float32)
+    return read_audio(path, sample_rate_hz=spec.sample_rate_hz)
 
 
 def write_attack(
@@ -64,19 +121,19 @@ def write_attack(
     idx: np.ndarray,
     target: np.ndarray | None,
     *,
-    labels: Sequence[str],
-    rate: int,
+    model_spec: ModelSpec,
     seed: int,
-    model: str,
 ) -> list[dict[str, Any]]:
     """Write one attack's adversarials and clean originals; returns the manifest records."""
+    labels, model = model_spec.labels, model_spec.name
+    video = model_spec.modality == "video"
+    changed = frames_changed(clean.x[idx], result.adversarial) if video else None
     records = []
     for k, i in enumerate(idx):
-        clean_path = out / "clean" / f"{int(i):05d}.wav"
+        clean_path = (out / "clean" / f"{int(i):05d}").with_suffix(".npy" if video else ".wav")
         if not clean_path.exists():
-            write_wav(clean_path, clean.x[i], rate)
-        adv_path = out / spec.label / f"{int(i):05d}.wav"
-        write_wav(adv_path, result.adversarial[k], rate)
+            clean_path = write_item(clean_path.with_suffix(""), clean.x[i], model_spec)
+        adv_path = write_item(out / spec.label / f"{int(i):05d}", result.adversarial[k], model_spec)
         records.append(
             {
                 "file": str(adv_path.relative_to(out)),
@@ -98,18 +155,20 @@ def write_attack(
                 "l0": int(result.l0[k]),
                 "snr_db": float(result.snr_db[k]),
                 "queries": int(result.queries[k]),
+                **({"frames_changed": int(changed[k])} if changed is not None else {}),
             }
         )
     return records
 
 
 def read_attack_manifest(
-    path: Path, labels: Sequence[str], *, sample_rate_hz: int
+    path: Path, spec: ModelSpec
 ) -> tuple[CleanSet, list[tuple[AttackSpec, np.ndarray, np.ndarray, np.ndarray | None]]]:
     """The clean set and, per attack, ``(spec, adversarials, clean indices, targets)`` of a
     manifest written by ``avsentry attack`` (paths relative to the manifest's folder)."""
     path = Path(path)
     root = path.parent
+    labels = spec.labels
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not rows:
         raise ValueError(f"{path}: empty manifest")
@@ -120,7 +179,7 @@ def read_attack_manifest(
     pos = {i: k for k, i in enumerate(order)}
 
     def load(rel: str) -> np.ndarray:
-        return read_audio(root / rel, sample_rate_hz=sample_rate_hz)
+        return read_item(root / rel, spec)
 
     for r in rows:
         if r["true_label"] not in labels:
@@ -135,16 +194,20 @@ def read_attack_manifest(
         groups.setdefault(r["spec"], []).append(r)
     out = []
     for spec_text, rs in groups.items():
-        spec = parse_attack_spec(spec_text)
+        attack = parse_attack_spec(spec_text)
         adv = np.stack([load(r["file"]) for r in rs])
         idx = np.array([pos[int(r["index"])] for r in rs])
         tg = None if rs[0]["target"] is None else np.array([labels.index(r["target"]) for r in rs])
-        out.append((spec, adv, idx, tg))
+        out.append((attack, adv, idx, tg))
     return clean, out
 
 
 def clean_set(args: argparse.Namespace, spec: ModelSpec) -> CleanSet:
     """The clean set the ``--clean`` and ``--clips`` options name."""
+    if spec.modality == "video":
+        if args.clean == "heldout":
+            return heldout_video_set(spec.labels, clips=args.clips, seed=1 + args.seed)
+        return folder_video_set(Path(args.clean), spec, limit=args.clips)
     if args.clean == "heldout":
         return heldout_set(spec.labels, clips=args.clips, seed=1 + args.seed, progress=not args.quiet)
     return folder_set(
@@ -197,7 +260,10 @@ def attack_clips(
 def run_cli(args: argparse.Namespace, detector: Detector, *, oracle: Any = None) -> int:
     """``avsentry attack``: attack, write WAVs and the manifest, print a summary line per attack."""
     spec_m = detector.recognizer.spec
-    specs = [parse_attack_spec(t) for t in (args.attacks or ["pgd:eps=30db"])]
+    video = spec_m.modality == "video"
+    specs = [parse_attack_spec(t) for t in (args.attacks or [DEFAULT_ATTACK[spec_m.modality]])]
+    for spec in specs:
+        check_modality(spec, spec_m.modality)
     clean = clean_set(args, spec_m)
     raw = detector.recognizer.predict(clean.x).argmax(1)
     idx = np.flatnonzero(raw == clean.y)
@@ -222,23 +288,17 @@ def run_cli(args: argparse.Namespace, detector: Detector, *, oracle: Any = None)
                 progress=not args.quiet,
                 oracle=oracle,
             )
-            for rec in write_attack(
-                out,
-                spec,
-                res,
-                clean,
-                idx,
-                target,
-                labels=spec_m.labels,
-                rate=spec_m.sample_rate_hz,
-                seed=args.seed,
-                model=spec_m.name,
-            ):
+            records = write_attack(out, spec, res, clean, idx, target, model_spec=spec_m, seed=args.seed)
+            for rec in records:
                 f.write(json.dumps(rec) + "\n")
             ok = res.success
             snr = f"median SNR {np.median(res.snr_db[ok]):.1f} dB" if ok.any() else "no success"
+            frames = ""
+            if video and ok.any():
+                changed = [r["frames_changed"] for r, hit in zip(records, ok, strict=True) if hit]
+                frames = f", mean frames changed {np.mean(changed):.1f}"
             print(
-                f"{spec.label}: success {ok.mean():.1%} ({int(ok.sum())}/{len(ok)}), {snr}, "
+                f"{spec.label}: success {ok.mean():.1%} ({int(ok.sum())}/{len(ok)}), {snr}{frames}, "
                 f"mean queries {res.queries.mean():.0f}"
             )
     print(f"attack: wrote {out / MANIFEST}", file=sys.stderr)

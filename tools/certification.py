@@ -251,9 +251,11 @@ def _certify_clips(
 
 
 def _as_waves(model: SmoothableRecognizer, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``(clips, *window_shape)`` inputs (audio windows or video clips) on the model's device."""
     wave = torch.as_tensor(x, dtype=torch.float32).to(model.device)
-    if wave.ndim != 2 or wave.shape[1] != model.spec.window_samples:
-        raise ValueError(f"expected (clips, {model.spec.window_samples}) windows, got {tuple(wave.shape)}")
+    shape = tuple(model.spec.window_shape)
+    if wave.ndim != 1 + len(shape) or tuple(wave.shape[1:]) != shape:
+        raise ValueError(f"expected (clips, {', '.join(map(str, shape))}) inputs, got {tuple(wave.shape)}")
     return wave
 
 
@@ -282,7 +284,8 @@ def certified_accuracy(
 
     Args:
         model: Smoothable recognizer; noise is drawn and the model runs on ``model.device``.
-        x: ``(clips, window_samples)`` float32 waveforms in ``[-1, 1]``.
+        x: ``(clips, window_samples)`` float32 waveforms in ``[-1, 1]`` (or video clips in
+            ``[0, 1]``, certified in ``pixels``).
         y: ``(clips,)`` true class indices.
         sigmas: Noise standard deviations, each in the units of the representation, for every
             representation; or a mapping ``representation -> sigmas``. Defaults to 0.01, 0.05,

@@ -80,7 +80,10 @@ def detection_vs_snr(ev: Evaluation, path: Path) -> Path:
 
 
 def examples(ev: Evaluation, path: Path, sample_rate_hz: int = 16000) -> Path:
-    """Waveform and spectrogram of one clean clip and its adversarial under each of up to 3 attacks."""
+    """Waveform and spectrogram of one clean clip and its adversarial under each of up to 3 attacks
+    (video: :func:`video_examples`)."""
+    if ev.x.ndim == 5:
+        return video_examples(ev, path)
     plt = _plt()
     picks = [o for o in ev.outcomes if o.fooled.any()][:3]
     rows = 1 + len(picks)
@@ -104,6 +107,39 @@ def examples(ev: Evaluation, path: Path, sample_rate_hz: int = 16000) -> Path:
         with np.errstate(divide="ignore"):  # digital silence has -inf dB
             axes[r, 1].specgram(w, NFFT=512, Fs=sample_rate_hz, noverlap=384, cmap="magma", vmin=-140)
         axes[r, 1].set_title("spectrogram", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def video_examples(ev: Evaluation, path: Path) -> Path:
+    """One clean clip and its adversarial under each of up to 3 attacks: the frame the attack
+    changed most, and the perturbation there (amplified to the full range)."""
+    plt = _plt()
+    picks = [o for o in ev.outcomes if o.fooled.any()][:3]
+    j = int(picks[0].attacked[int(np.flatnonzero(picks[0].fooled)[0])]) if picks else 0
+    clean = ev.x[j]
+    series = [(f"clean: {ev.labels[int(ev.y[j])]}", clean)]
+    for o in picks:
+        hits = np.flatnonzero(o.attacked == j)
+        if len(hits):
+            k = int(hits[0])
+            series.append(
+                (f"{o.metrics['attack']}: {ev.labels[int(o.scores.raw[k])]}", o.result.adversarial[k])
+            )
+    diffs = [np.abs(clip - clean).reshape(len(clean), -1).max(axis=1) for _, clip in series]
+    frame = int(np.argmax(np.max(diffs, axis=0)))
+    fig, axes = plt.subplots(len(series), 2, figsize=(5.5, 2.7 * len(series)), squeeze=False)
+    for r, (name, clip) in enumerate(series):
+        axes[r, 0].imshow(np.clip(clip[frame], 0, 1))
+        axes[r, 0].set_title(f"{name} (frame {frame})", fontsize=8)
+        delta = clip[frame] - clean[frame]
+        scale = max(float(np.abs(delta).max()), 1e-8)
+        axes[r, 1].imshow(np.clip(0.5 + 0.5 * delta / scale, 0, 1))
+        axes[r, 1].set_title(f"perturbation x{0.5 / scale:.0f}" if r else "(none)", fontsize=8)
+        for ax in axes[r]:
+            ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -12,7 +12,10 @@ Over a clean labelled set and its adversarial versions, judged by the guard (the
 - the perturbation ratio ``eps_r`` (mean L2 of DeepFool's minimal perturbations on a compared
   model over the evaluated one), when a second model is given;
 - certified accuracy of randomized smoothing per representation and sigma
-  (:mod:`avsentry.tools.certification`) and certified detection in the waveform domain.
+  (:mod:`avsentry.tools.certification`) and certified detection in the waveform domain;
+- for video models: the frames each attack changed, and whether an H.264 round trip alone (at
+  each of :data:`CRFS`) brings the clean label back on the successful adversarials (the
+  compression defence of the video tutorial), next to what it costs clean accuracy.
 
 Detection metrics count only successful adversarials (an attack that did not change the label
 has nothing to detect). ROC curves follow scikit-learn. The report is Markdown with PNG plots
@@ -39,9 +42,11 @@ from avsentry.pipelines.detection import UNCERTIFIED_REASON, Detector
 from avsentry.tools import certification
 from avsentry.tools.attackgen import attack_clips
 from avsentry.tools.attacks.base import AttackResult, choose_targets, perturbation_stats, run_attack
-from avsentry.tools.attacks.catalog import AttackSpec, parse_attack_spec
+from avsentry.tools.attacks.catalog import AttackSpec, check_modality, parse_attack_spec
+from avsentry.tools.attacks.frame_saliency import frames_changed
 
 FPRS = (0.01, 0.001)
+CRFS = (18, 23, 28, 33, 38, 43)
 
 SUITES: dict[str, tuple[str, ...]] = {
     "standard": (
@@ -65,6 +70,25 @@ SUITES: dict[str, tuple[str, ...]] = {
 }
 """Attack lists of ``avsentry evaluate --suite``; budgets chosen so each succeeds on the bare
 digit model (README, "Evaluation")."""
+
+VIDEO_SUITES: dict[str, tuple[str, ...]] = {
+    "standard": (
+        "fgsm:eps=4/255",
+        "pgd:eps=4/255,steps=20",
+        "frame_saliency:mode=one_shot,eps=8/255",
+        "frame_saliency:mode=iterative,eps=8/255",
+        "frame_saliency:mode=refresh,eps=8/255",
+        "adaptive:eps=4/255,steps=50,eot=4",
+        "adaptive:eps=8/255,steps=50,eot=4",
+    ),
+    "quick": (
+        "fgsm:eps=4/255",
+        "frame_saliency:mode=refresh,eps=8/255",
+        "adaptive:eps=4/255,steps=20,eot=2",
+    ),
+    "none": (),
+}
+"""The same suites for video models (pixels in [0, 1]: 4/255 is an L-inf step of 4 grey levels)."""
 
 
 class DefendedLike(Protocol):
@@ -174,9 +198,12 @@ class AttackOutcome:
         return np.asarray(self.scores.raw != self.y)
 
 
-def attack_metrics(y: np.ndarray, clean: Scores, outcome: AttackOutcome) -> dict[str, Any]:
+def attack_metrics(
+    y: np.ndarray, clean: Scores, outcome: AttackOutcome, clean_x: np.ndarray | None = None
+) -> dict[str, Any]:
     """The metrics of one attack (see module doc); ``y``: labels of the whole clean set (clips
-    not attacked, i.e. already wrong, count as wrong under attack)."""
+    not attacked, i.e. already wrong, count as wrong under attack); ``clean_x``: the attacked
+    clips, for the frames changed when they are video."""
     r, s, idx = outcome.result, outcome.scores, outcome.attacked
     n = len(y)
     y_att = y[idx]
@@ -207,6 +234,10 @@ def attack_metrics(y: np.ndarray, clean: Scores, outcome: AttackOutcome) -> dict
             for name in clean.distances
         },
     }
+    if clean_x is not None and clean_x.ndim == 5:  # video clips: frames the attack changed
+        changed = frames_changed(clean_x, r.adversarial)
+        m["mean_frames_changed"] = float(changed[succ].mean()) if succ.any() else None
+        m["frames_per_clip"] = int(clean_x.shape[1])
     return m
 
 
@@ -223,6 +254,7 @@ class Evaluation:
     summary: dict[str, Any]
     certification: dict[str, Any] | None = None
     perturbation_ratio: dict[str, Any] | None = None
+    restoration: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -230,6 +262,7 @@ class Evaluation:
             "attacks": [o.metrics for o in self.outcomes],
             "certification": self.certification,
             "perturbation_ratio": self.perturbation_ratio,
+            "h264_restoration": self.restoration,
         }
 
 
@@ -289,7 +322,7 @@ def evaluate(
         o = AttackOutcome(
             spec=spec, result=res, scores=scores, attacked=correct, y=y[correct], target=target, seconds=secs
         )
-        o.metrics = attack_metrics(y, clean, o)
+        o.metrics = attack_metrics(y, clean, o, x[correct])
         outcomes.append(o)
     summary["attack_seconds"] = round(time.perf_counter() - t0, 1)
     return Evaluation(
@@ -334,7 +367,7 @@ def evaluate_files(
             target=target,
             seconds=0.0,
         )
-        o.metrics = attack_metrics(y, clean, o)
+        o.metrics = attack_metrics(y, clean, o, x[idx])
         outcomes.append(o)
     summary = {
         "clips": int(len(x)),
@@ -345,6 +378,50 @@ def evaluate_files(
     return Evaluation(
         labels=tuple(labels), x=x, y=y, clean=clean, threshold=threshold, outcomes=outcomes, summary=summary
     )
+
+
+def h264_restoration(
+    model: Any, ev: Evaluation, *, fps: float, crfs: Sequence[int] = CRFS, batch_size: int = 32
+) -> dict[str, Any]:
+    """Does an H.264 round trip alone undo the attacks? Per CRF: clean accuracy after it, and per
+    attack the share of successful adversarials whose label it brings back to the clean one."""
+    from avsentry.pipelines.transforms import make_transform
+
+    def labels_after(clips: np.ndarray, crf: int) -> np.ndarray:
+        codec = make_transform("h264", fps=fps, crf=crf)
+        out = []
+        for s in range(0, len(clips), batch_size):
+            coded = codec.apply(clips[s : s + batch_size], np.random.default_rng(0))
+            out.append(model.predict(coded).argmax(1))
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    rows = []
+    for crf in crfs:
+        row: dict[str, Any] = {"crf": crf, "clean_accuracy": float(np.mean(labels_after(ev.x, crf) == ev.y))}
+        for o in ev.outcomes:
+            ok = o.fooled
+            restored = labels_after(o.result.adversarial[ok], crf) == o.y[ok] if ok.any() else np.zeros(0)
+            row[o.metrics["attack"]] = float(restored.mean()) if ok.any() else None
+        rows.append(row)
+    return {"fps": fps, "rows": rows}
+
+
+def restoration_markdown(r: dict[str, Any]) -> list[str]:
+    attacks = [k for k in r["rows"][0] if k not in ("crf", "clean_accuracy")]
+    lines = [
+        "## Does H.264 alone restore the clean label?",
+        "",
+        "Each successful adversarial clip through one H.264 round trip (libx264, ultrafast, no "
+        "B-frames) at each CRF: the share whose label returns to the clean one; clean accuracy "
+        "after the same round trip beside it.",
+        "",
+        "| CRF | clean accuracy | " + " | ".join(f"{a} restored" for a in attacks) + " |",
+        "|---|---|" + "---|" * len(attacks),
+    ]
+    for row in r["rows"]:
+        cells = [_fmt(row[a], True) for a in attacks]
+        lines.append(f"| {row['crf']} | {_fmt(row['clean_accuracy'], True)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def perturbation_ratio(
@@ -381,22 +458,28 @@ def _fmt(v: Any, pct: bool = False, digits: int = 3) -> str:
 
 
 def headline_table(ev: Evaluation) -> str:
-    """The Markdown table of every attack's main numbers."""
+    """The Markdown table of every attack's main numbers (video: with the frames changed)."""
+    video = any("mean_frames_changed" in o.metrics for o in ev.outcomes)
     rows = [
         "| attack | success | acc. under attack | guarded acc. | evasion | flagged (at threshold) "
-        "| AUC | TPR@1% | TPR@0.1% | median SNR dB | mean L2 | mean L∞ | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| AUC | TPR@1% | TPR@0.1% | median SNR dB | mean L2 | mean L∞ | "
+        + ("frames changed | " if video else "")
+        + "s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if video else "") + "---|",
     ]
     for o in ev.outcomes:
         m = o.metrics
         c = m["combined"]
+        frames = ""
+        if video:
+            frames = f"{_fmt(m.get('mean_frames_changed'), digits=1)} of {m.get('frames_per_clip', '-')} | "
         rows.append(
             f"| {m['attack']} | {_fmt(m['success_rate'], True)} | {_fmt(m['accuracy_under_attack'], True)} "
             f"| {_fmt(m['guarded_accuracy'], True)} | {_fmt(m['evasion_rate'], True)} "
             f"| {_fmt(m['flag_rate_successful'], True)} | {_fmt(c['auc'])} "
             f"| {_fmt(c['tpr_at_fpr_0.01'], True)} "
             f"| {_fmt(c['tpr_at_fpr_0.001'], True)} | {_fmt(m['median_snr_db'], digits=1)} "
-            f"| {_fmt(m['mean_l2'])} | {_fmt(m['mean_linf'], digits=4)} | {m['seconds']} |"
+            f"| {_fmt(m['mean_l2'])} | {_fmt(m['mean_linf'], digits=4)} | {frames}{m['seconds']} |"
         )
     return "\n".join(rows)
 
@@ -451,6 +534,8 @@ def write_report(ev: Evaluation, out: Path, *, title: str = "avsentry evaluation
             f"compared {pr['compared']['mean_l2']:.4f})",
             "",
         ]
+    if ev.restoration:
+        lines += restoration_markdown(ev.restoration)
     if ev.certification:
         lines += certification_markdown(ev.certification)
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
@@ -538,6 +623,8 @@ def certification_markdown(c: dict[str, Any]) -> list[str]:
     ]
     for s, row in c["max_radius"].items():
         lines.append(f"| {s} | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
+    if not c["detection"]:  # video: no waveform study
+        return [*lines, ""]
     lines += [
         "",
         "## Certified detection (waveform smoothing)",
@@ -577,9 +664,7 @@ def run_cli(
     progress = not args.quiet
     t0 = time.perf_counter()
     if args.adversarial is not None:
-        clean, adversarial = attackgen.read_attack_manifest(
-            args.adversarial, spec_m.labels, sample_rate_hz=spec_m.sample_rate_hz
-        )
+        clean, adversarial = attackgen.read_attack_manifest(args.adversarial, spec_m)
         ev = evaluate_files(
             guard or detector.analyze,
             clean.x,
@@ -589,7 +674,11 @@ def run_cli(
             threshold=detector.config.threshold,
         )
     else:
-        specs = [parse_attack_spec(t) for t in (args.attacks or SUITES[args.suite])]
+        video = spec_m.modality == "video"
+        suites = VIDEO_SUITES if video else SUITES
+        specs = [parse_attack_spec(t) for t in (args.attacks or suites[args.suite])]
+        for spec in specs:
+            check_modality(spec, spec_m.modality)
         clean = attackgen.clean_set(args, spec_m)
         ev = evaluate(
             detector,
@@ -615,6 +704,9 @@ def run_cli(
         ev.perturbation_ratio = perturbation_ratio(
             detector.recognizer, other, clean.x[:k], clean.y[:k], seed=args.seed
         )
+    video = spec_m.modality == "video"
+    if video and ev.outcomes:
+        ev.restoration = h264_restoration(detector.recognizer, ev, fps=spec_m.video.fps)
     if not args.no_certify:
         k = min(len(clean.x), args.certify_clips)
         ev.certification = certification_study(
@@ -622,8 +714,11 @@ def run_cli(
             clean.x[:k],
             clean.y[:k],
             sigmas=[float(v) for v in args.certify_sigmas.split(",")],
-            representations=[v.strip() for v in args.certify_representations.split(",")],
-            detection_sigmas=[float(v) for v in args.detection_sigmas.split(",")],
+            # video: noise in pixel space; certified detection is a waveform study
+            representations=["pixels"]
+            if video
+            else [v.strip() for v in args.certify_representations.split(",")],
+            detection_sigmas=[] if video else [float(v) for v in args.detection_sigmas.split(",")],
             n=args.certify_n,
             n0=args.certify_n0,
             alpha=args.certify_alpha,

@@ -1,7 +1,8 @@
 """Labelled recordings on disk: ``DIR/<label>/*.<ext>``, any format PyAV decodes.
 
 The user's clean set for ``avsentry attack``/``evaluate`` (:func:`folder_set`, one window per
-recording) and for ``avsentry calibrate --clean`` (:func:`served_windows`, every window the service
+recording; :func:`folder_video_set`, the first clip of each video) and for ``avsentry calibrate
+--clean`` (:func:`served_windows`, every window the service
 would cut from each recording). A recording is decoded to mono at the model's rate.
 """
 
@@ -14,9 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from avsentry.pipelines.audio_io import read_audio
+from avsentry.pipelines.types import ModelSpec
 from avsentry.pipelines.windowing import frame
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".au"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".avi", ".webm", ".gif", ".mov"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +66,43 @@ def folder_set(
     )
 
 
-def labelled_files(root: Path, labels: Sequence[str]) -> list[tuple[Path, str]]:
-    """``(file, label)`` of every audio file in ``root/<label>/``, sorted.
+def folder_video_set(root: Path, spec: ModelSpec, *, limit: int | None = None) -> CleanSet:
+    """Clean clips from ``root/<label>/*.mp4`` (any video FFmpeg decodes): the first clip of each
+    file, scaled and retimed to the model as the server does (a shorter file is padded black).
+
+    Raises:
+        ValueError: No subfolder named after a model label, no video files, or an undecodable file.
+    """
+    from avsentry.pipelines.session import open_session
+    from avsentry.pipelines.video_io import VideoFile
+
+    files = labelled_files(root, spec.labels, suffixes=VIDEO_SUFFIXES)
+    files = files[:limit] if limit else files
+    clips = []
+    for f, _ in files:
+        with VideoFile(f) as video:
+            info = video.info
+            session = open_session(
+                spec, rate_hz=info.fps, hop=spec.window_shape[0], frame_size=(info.height, info.width)
+            )
+            windows = []
+            for block in video.blocks():
+                windows += session.push(block)
+                if windows:
+                    break
+            windows += session.flush() if not windows else []
+        clips.append(windows[0].data)
+    return CleanSet(
+        x=np.stack(clips).astype(np.float32),
+        y=np.array([spec.labels.index(lab) for _, lab in files], dtype=np.int64),
+        names=tuple(str(f.relative_to(root)) for f, _ in files),
+    )
+
+
+def labelled_files(
+    root: Path, labels: Sequence[str], *, suffixes: frozenset[str] = AUDIO_SUFFIXES
+) -> list[tuple[Path, str]]:
+    """``(file, label)`` of every audio (or ``suffixes``) file in ``root/<label>/``, sorted.
 
     Raises:
         FileNotFoundError: no such folder.
@@ -77,9 +115,10 @@ def labelled_files(root: Path, labels: Sequence[str]) -> list[tuple[Path, str]]:
     unknown = [d.name for d in folders if d.name not in labels]
     if unknown:
         raise ValueError(f"{root}: subfolders {unknown} are not labels of the model ({', '.join(labels)})")
-    files = [(f, d.name) for d in folders for f in sorted(d.iterdir()) if f.suffix.lower() in AUDIO_SUFFIXES]
+    files = [(f, d.name) for d in folders for f in sorted(d.iterdir()) if f.suffix.lower() in suffixes]
     if not files:
-        raise ValueError(f"{root}: no audio files in <label>/ subfolders (labels: {', '.join(labels)})")
+        kind = "audio" if suffixes is AUDIO_SUFFIXES else "video"
+        raise ValueError(f"{root}: no {kind} files in <label>/ subfolders (labels: {', '.join(labels)})")
     return files
 
 

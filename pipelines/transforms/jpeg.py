@@ -14,7 +14,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from avsentry.pipelines.transforms.base import VideoTransform, check_int
+from avsentry.pipelines.transforms.base import VideoTransform, check_int, from_pixels, to_pixels
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,7 +37,7 @@ class JpegRoundTrip(VideoTransform):
         self._self_test()
 
     def _apply(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        pixels = np.rint(np.clip(batch, 0.0, 1.0) * 255.0).astype(np.uint8)
+        pixels = to_pixels(batch)
         out = np.empty_like(pixels)
         for index in np.ndindex(*pixels.shape[:2]):
             buffer = io.BytesIO()
@@ -45,4 +45,4 @@ class JpegRoundTrip(VideoTransform):
             buffer.seek(0)
             with Image.open(buffer) as decoded:
                 out[index] = np.asarray(decoded.convert("RGB"))
-        return out.astype(np.float32) / 255.0
+        return from_pixels(out)

@@ -67,8 +67,15 @@ def test_files_that_are_not_video_get_one_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("command", ["calibrate", "attack", "evaluate"])
-def test_audio_only_commands_say_so_for_a_video_model(command: str) -> None:
-    r = avsentry(command, "--model", "actions", "--device", "cpu")
+@pytest.mark.parametrize(
+    ("argv", "what"),
+    [
+        (("calibrate",), "calibrate"),
+        (("evaluate", "--art"), "evaluate --art"),
+        (("attack", "--server", "127.0.0.1:1"), "attack --server"),
+    ],
+)
+def test_audio_only_commands_say_so_for_a_video_model(argv: tuple[str, ...], what: str) -> None:
+    r = avsentry(*argv, "--model", "actions", "--device", "cpu")
     assert r.returncode == 1
-    assert f"model 'actions' takes video; {command} supports audio models so far" in r.stderr, r.stderr
+    assert f"model 'actions' takes video; {what} supports audio models so far" in r.stderr, r.stderr

@@ -63,13 +63,14 @@ class Budget:
 
     @classmethod
     def parse(cls, norm: str, text: str) -> Budget:
-        """``"0.002"`` (absolute) or ``"30db"`` / ``"30dB"`` (relative to the clip)."""
+        """``"0.002"`` or ``"4/255"`` (absolute) or ``"30db"`` / ``"30dB"`` (relative to the clip)."""
         t = text.strip().lower()
         try:
             if t.endswith("db"):
                 return cls(norm=norm, snr_db=float(t[:-2]))
-            return cls(norm=norm, eps=float(t))
-        except ValueError as e:
+            num, slash, den = t.partition("/")
+            return cls(norm=norm, eps=float(num) / float(den) if slash else float(num))
+        except (ValueError, ZeroDivisionError) as e:
             raise ValueError(f"budget {text!r}: {e}") from None
 
     def per_item(self, x: np.ndarray) -> np.ndarray:
@@ -344,15 +345,16 @@ def run_attack(
     progress: bool = True,
     desc: str | None = None,
 ) -> AttackResult:
-    """Run ``attack`` over ``(n, samples)`` clips in batches, with a progress bar.
+    """Run ``attack`` over ``(n, *item)`` clips (audio windows, video clips) in batches, with a
+    progress bar.
 
     Batch ``k`` is attacked with seed ``hash((seed, k))``: the same seed and batch size give the
     same result.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
-    if x.ndim != 2 or len(x) != len(y) or (target is not None and len(target) != len(y)):
-        raise ValueError(f"expected (n, samples) clips and n labels/targets, got {x.shape} and {len(y)}")
+    if x.ndim < 2 or len(x) != len(y) or (target is not None and len(target) != len(y)):
+        raise ValueError(f"expected (n, *item) clips and n labels/targets, got {x.shape} and {len(y)}")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     parts = []

@@ -1,10 +1,14 @@
 """Attacks by name, built from specs: ``"pgd:eps=30db,norm=l2,steps=50,target=random"``.
 
-A spec is ``name`` or ``name:key=value,...``. ``eps`` is the budget (``0.002`` in sample units, or
-``30db`` relative to each clip; see :class:`~avsentry.tools.attacks.base.Budget`) with ``norm``
-(``linf`` or ``l2``, each family's default otherwise); ``target`` is ``none`` (untargeted),
-``random``, ``next`` or a label name; every other key is a field of the attack's dataclass,
-converted to that field's type.
+A spec is ``name`` or ``name:key=value,...``. ``eps`` is the budget (``0.002`` in the model's input
+units, ``4/255`` as a fraction, or ``30db`` relative to each clip; see
+:class:`~avsentry.tools.attacks.base.Budget`) with ``norm`` (``linf`` or ``l2``, each family's
+default otherwise); ``target`` is ``none`` (untargeted), ``random``, ``next`` or a label name;
+every other key is a field of the attack's dataclass, converted to that field's type (tuples as
+``/``-separated values: ``frames=0/5/9``).
+
+Each family attacks the modalities in :data:`MODALITIES`: the gradient attacks and the adaptive
+one work on any input (audio windows, video clips), frame saliency on video, the rest on audio.
 """
 
 from __future__ import annotations
@@ -28,6 +32,20 @@ _FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "nes": ("nes", "NES", {}),
     "sparse": ("sparse", "SparseTF", {}),
     "adaptive": ("adaptive", "GuardAttack", {}),
+    "frame_saliency": ("frame_saliency", "FrameSaliency", {}),
+}
+
+_ANY = frozenset({"audio", "video"})
+#: family -> the modalities it attacks
+MODALITIES: dict[str, frozenset[str]] = {
+    name: (
+        _ANY
+        if name in ("fgsm", "fgm", "bim", "pgd", "adaptive")
+        else frozenset({"video"})
+        if name == "frame_saliency"
+        else frozenset({"audio"})
+    )
+    for name in _FAMILIES
 }
 
 ATTACK_NAMES: tuple[str, ...] = tuple(_FAMILIES)
@@ -55,12 +73,22 @@ class AttackSpec:
         parts = [self.family]
         if isinstance(b, Budget):
             parts.append(b.norm)
-            parts.append(f"{b.snr_db:g}db" if b.snr_db is not None else f"{b.eps:g}")
+            parts.append(f"{b.snr_db:g}db" if b.snr_db is not None else _eps_text(b.eps))
         elif isinstance(getattr(self.attack, "norm", None), str):
             parts.append(self.attack.norm)
+        elif isinstance(getattr(self.attack, "mode", None), str):  # frame saliency
+            parts.append(self.attack.mode)
+            parts.append(_eps_text(self.attack.eps))
         if self.target != "none":
             parts.append(f"to-{self.target}")
         return "-".join(parts)
+
+
+def _eps_text(eps: float | None) -> str:
+    """``0.002``, or ``4of255`` for a whole number of 8-bit grey levels."""
+    assert eps is not None
+    levels = eps * 255
+    return f"{round(levels)}of255" if levels >= 0.5 and abs(levels - round(levels)) < 1e-6 else f"{eps:g}"
 
 
 def _cls(family: str) -> type:
@@ -71,6 +99,9 @@ def _cls(family: str) -> type:
 def _convert(family: str, key: str, value: str, ftype: Any) -> Any:
     t = str(ftype)
     try:
+        if "tuple" in t:
+            item = int if "int" in t else float
+            return tuple(item(v) for v in value.split("/") if v)
         if "bool" in t:
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(f"expected true or false, got {value!r}")
@@ -79,11 +110,29 @@ def _convert(family: str, key: str, value: str, ftype: Any) -> Any:
             return int(value)
         if "float" in t:
             return None if value.lower() == "none" else float(value)
-        if "tuple" in t:
-            return tuple(float(v) for v in value.split("/") if v)
         return value
     except ValueError as e:
         raise ValueError(f"attack {family}: {key}={value!r}: {e}") from None
+
+
+def _number(text: str) -> float:
+    """``0.0157`` or a fraction ``4/255``."""
+    num, slash, den = text.partition("/")
+    try:
+        return float(num) / float(den) if slash else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"expected a number or a fraction like 4/255, got {text!r}") from None
+
+
+def check_modality(spec: AttackSpec, modality: str) -> None:
+    """Raises ValueError when ``spec``'s family does not attack ``modality`` input."""
+    allowed = MODALITIES[spec.family]
+    if modality not in allowed:
+        which = sorted(n for n, m in MODALITIES.items() if modality in m)
+        raise ValueError(
+            f"attack {spec.family} works on {'/'.join(sorted(allowed))} models, not {modality}; "
+            f"for {modality}: {', '.join(which)}"
+        )
 
 
 def parse_attack_spec(text: str) -> AttackSpec:
@@ -125,6 +174,8 @@ def parse_attack_spec(text: str) -> AttackSpec:
             kw["budget"] = dataclasses.replace(base, norm=norm)
         elif user_norm is not None and base is None and "norm" not in fields:
             raise ValueError(f"attack {name}: norm={user_norm} needs eps=...")
+    elif eps is not None and "eps" in fields:  # an L-inf step of its own (frame saliency)
+        kw["eps"] = _number(eps)
     elif eps is not None or (user_norm is not None and "norm" not in fields):
         raise ValueError(f"attack {name} takes no eps/norm budget")
     for key, value in raw.items():

@@ -29,6 +29,7 @@ from avsentry.tools.attacks.base import (
     finish,
     generator,
     normalized_step,
+    per_item,
     project,
     random_start,
 )
@@ -118,9 +119,9 @@ class PGD:
                 adv.requires_grad_(True)
                 (grad,) = torch.autograd.grad(obj.loss(adv, goal, targeted).sum(), adv)
                 with torch.no_grad():
-                    moved = adv + step[:, None] * normalized_step(grad, self.budget.norm)
+                    moved = adv + per_item(step, adv) * normalized_step(grad, self.budget.norm)
                     moved = clip_to_bounds(x0 + project(moved - x0, eps, self.budget.norm), x0, lo, hi)
-                    adv = torch.where(frozen[:, None], adv.detach(), moved)
+                    adv = torch.where(per_item(frozen, adv), adv.detach(), moved)
                     if stop_when is not None and (k % check_every == 0 or k == self.steps):
                         hit = ~frozen & stop_when(adv)
                         best[hit] = adv[hit]
