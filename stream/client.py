@@ -21,7 +21,7 @@ import io
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -223,16 +223,10 @@ def make_config(
     channels: int = 1,
     hop_ms: int = 0,
     window_ms: int = 0,
-    transforms: Sequence[str] = (),
-    smoothing_n: int = 0,
-    smoothing_sigma: float = 0.0,
-    disable_smoothing: bool = False,
-    interim_results: bool = False,
-    request_id: str = "",
-    smoothing_representation: str = "",
-    threshold: float | None = None,
+    **defence: Any,
 ) -> pb.StreamConfig:
-    """A ``StreamConfig`` message; zeros/empties (and ``threshold=None``) mean the server's defaults."""
+    """A ``StreamConfig`` message; zeros/empties mean the server's defaults. ``defence``: the
+    fields :func:`_set_defence` takes."""
     msg = pb.StreamConfig(
         model=model,
         encoding=encoding,
@@ -240,17 +234,8 @@ def make_config(
         channels=channels,
         window_ms=window_ms,
         hop_ms=hop_ms,
-        transforms=list(transforms),
-        smoothing_n=smoothing_n,
-        smoothing_sigma=smoothing_sigma,
-        disable_smoothing=disable_smoothing,
-        interim_results=interim_results,
-        request_id=request_id,
-        smoothing_representation=smoothing_representation,
     )
-    if threshold is not None:
-        msg.threshold = threshold
-    return msg
+    return _set_defence(msg, **defence)
 
 
 def make_video_config(
@@ -262,16 +247,10 @@ def make_video_config(
     fps: float = 0.0,
     clip_frames: int = 0,
     hop_frames: int = 0,
-    transforms: Sequence[str] = (),
-    smoothing_n: int = 0,
-    smoothing_sigma: float = 0.0,
-    disable_smoothing: bool = False,
-    interim_results: bool = False,
-    request_id: str = "",
-    smoothing_representation: str = "",
-    threshold: float | None = None,
+    **defence: Any,
 ) -> pb.VideoConfig:
-    """A ``VideoConfig`` message; zeros/empties (and ``threshold=None``) mean the server's defaults."""
+    """A ``VideoConfig`` message; zeros/empties mean the server's defaults. ``defence``: the
+    fields :func:`_set_defence` takes."""
     msg = pb.VideoConfig(
         model=model,
         pixel_format=pixel_format,
@@ -280,14 +259,34 @@ def make_video_config(
         fps=fps,
         clip_frames=clip_frames,
         hop_frames=hop_frames,
-        transforms=list(transforms),
-        smoothing_n=smoothing_n,
-        smoothing_sigma=smoothing_sigma,
-        disable_smoothing=disable_smoothing,
-        interim_results=interim_results,
-        request_id=request_id,
-        smoothing_representation=smoothing_representation,
     )
+    return _set_defence(msg, **defence)
+
+
+ConfigT = TypeVar("ConfigT", pb.StreamConfig, pb.VideoConfig)
+
+
+def _set_defence(
+    msg: ConfigT,
+    *,
+    transforms: Sequence[str] = (),
+    smoothing_n: int = 0,
+    smoothing_sigma: float = 0.0,
+    disable_smoothing: bool = False,
+    interim_results: bool = False,
+    request_id: str = "",
+    smoothing_representation: str = "",
+    threshold: float | None = None,
+) -> ConfigT:
+    """Set the fields both configs share (defence, interim verdicts, request id);
+    ``threshold=None`` leaves the calibrated threshold in force."""
+    msg.transforms.extend(transforms)
+    msg.smoothing_n = smoothing_n
+    msg.smoothing_sigma = smoothing_sigma
+    msg.disable_smoothing = disable_smoothing
+    msg.interim_results = interim_results
+    msg.request_id = request_id
+    msg.smoothing_representation = smoothing_representation
     if threshold is not None:
         msg.threshold = threshold
     return msg

@@ -31,18 +31,45 @@ class VideoSource:
     Attributes:
         width / height: Size of every frame.
         fps: Frames per second.
+
+    A subclass opens its file or device in ``__init__`` (then calls ``super().__init__()``),
+    yields frames from :meth:`_frames` and releases what it holds in :meth:`_release`; this
+    class makes :meth:`frames` and :meth:`close` safe to call from two threads.
     """
 
     width: int
     height: int
     fps: float
 
+    def __init__(self) -> None:
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._running = False
+
     def frames(self) -> Iterator[np.ndarray]:
-        """Yield ``(height, width, 3)`` uint8 RGB frames."""
-        raise NotImplementedError
+        """Yield ``(height, width, 3)`` uint8 RGB frames until the end or :meth:`close`."""
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._running = True
+        try:
+            yield from self._frames()
+        finally:
+            with self._lock:
+                self._running = False
+                self._release()
 
     def close(self) -> None:
         """Release the file or device; a running :meth:`frames` ends soon after. Idempotent."""
+        with self._lock:
+            self._closed.set()
+            if not self._running:
+                self._release()
+
+    def _frames(self) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def _release(self) -> None:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
@@ -102,15 +129,9 @@ class VideoFileSource(VideoSource):
         self.width, self.height, self.fps = info.width, info.height, info.fps
         self.rate = rate
         self.max_seconds = max_seconds
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
-        self._running = False
+        super().__init__()
 
-    def frames(self) -> Iterator[np.ndarray]:
-        with self._lock:
-            if self._closed.is_set():
-                return
-            self._running = True
+    def _frames(self) -> Iterator[np.ndarray]:
         pacer = _Pacer(self.fps, self.rate, self._closed)
         cap = None if self.max_seconds is None else round(self.max_seconds * self.fps)
         k = 0
@@ -123,16 +144,9 @@ class VideoFileSource(VideoSource):
                     k += 1
         except VideoReadError as e:
             raise SourceError(str(e)) from e
-        finally:
-            with self._lock:
-                self._running = False
-                self._file.close()
 
-    def close(self) -> None:
-        with self._lock:
-            self._closed.set()
-            if not self._running:
-                self._file.close()
+    def _release(self) -> None:
+        self._file.close()
 
 
 class CameraSource(VideoSource):
@@ -185,15 +199,9 @@ class CameraSource(VideoSource):
         self.width, self.height, self.fps = int(ctx.width), int(ctx.height), float(rate)
         self.max_seconds = max_seconds
         self.captured = 0
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
-        self._running = False
+        super().__init__()
 
-    def frames(self) -> Iterator[np.ndarray]:
-        with self._lock:
-            if self._closed.is_set():
-                return
-            self._running = True
+    def _frames(self) -> Iterator[np.ndarray]:
         start: float | None = None
         first_time: float | None = None
         try:
@@ -219,13 +227,6 @@ class CameraSource(VideoSource):
             raise SourceError(
                 f"{self.device}: capture failed after {self.captured} frames ({_one_line(e)})"
             ) from e
-        finally:
-            with self._lock:
-                self._running = False
-                self._container.close()
 
-    def close(self) -> None:
-        with self._lock:
-            self._closed.set()
-            if not self._running:
-                self._container.close()
+    def _release(self) -> None:
+        self._container.close()

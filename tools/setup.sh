@@ -4,7 +4,7 @@
 #     installed with apt-get only when missing;
 #   - a virtual environment in .venv with the package installed in editable mode;
 #   - on a host where nvidia-smi sees a GPU, onnxruntime-gpu in place of onnxruntime.
-# Usage: tools/setup.sh [--dev]     (--dev adds pytest, ruff, mypy, grpcio-tools and IBM ART)
+# Usage: tools/setup.sh [--dev]     (--dev adds pytest, ruff, mypy, grpcio-tools, IBM ART and ffmpeg)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,8 @@ apt_packages=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvo
               asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav
               asterisk-core-sounds-ru-wav asterisk-prompt-fr-armelle asterisk-prompt-es-co
               sox libportaudio2 python3-venv pulseaudio pulseaudio-utils libasound2-plugins openssl)
+# --dev: the ffmpeg binary IBM ART's VideoCompression shells out to (avsentry bench video)
+[ "$dev" -eq 1 ] && apt_packages+=(ffmpeg)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
