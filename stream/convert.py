@@ -20,7 +20,7 @@ from avsentry.pipelines.detection import DEFAULT_SMOOTHING, DetectorConfig, chan
 from avsentry.pipelines.recognizers import Manifest
 from avsentry.pipelines.report import DefendedRecord, SmoothedRecord, VerdictRecord
 from avsentry.pipelines.smoothing import SmoothingConfig
-from avsentry.pipelines.video_io import MAX_FPS, MAX_SIDE
+from avsentry.pipelines.video_io import MAX_SIDE
 from avsentry.stream._proto.avsentry.v1 import guard_pb2 as pb
 from avsentry.stream.errors import InvalidRequest, clip
 from avsentry.stream.policy import DefencePolicy
@@ -30,6 +30,10 @@ ENCODINGS: dict[int, tuple[str, int]] = {
     pb.AUDIO_ENCODING_FLOAT32: ("<f4", 4),
 }
 MAX_REQUEST_ID_CHARS = 128
+# What one video stream may send: frames decode and scale off the event loop but outside the
+# detector's measured cost, so their size and rate are bounded (1080p at 60 fps at most)
+MAX_STREAM_PIXELS = 1920 * 1088
+MAX_STREAM_FPS = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,8 +211,13 @@ def video_settings_from_proto(
             )
         if not (1 <= cfg.width <= MAX_SIDE and 1 <= cfg.height <= MAX_SIDE):
             raise InvalidRequest(f"width and height must be in [1, {MAX_SIDE}], got {cfg.width}x{cfg.height}")
-        if not (math.isfinite(cfg.fps) and 0 < cfg.fps <= MAX_FPS):
-            raise InvalidRequest(f"fps must be in (0, {MAX_FPS:g}], got {cfg.fps:g}")
+        if cfg.width * cfg.height > MAX_STREAM_PIXELS:
+            raise InvalidRequest(
+                f"frames of at most {MAX_STREAM_PIXELS} pixels (1920x1088) a stream, "
+                f"got {cfg.width}x{cfg.height}"
+            )
+        if not (math.isfinite(cfg.fps) and 0 < cfg.fps <= MAX_STREAM_FPS):
+            raise InvalidRequest(f"fps must be in (0, {MAX_STREAM_FPS:g}], got {cfg.fps:g}")
     if cfg.clip_frames and cfg.clip_frames != video.frames:
         raise InvalidRequest(
             f"model {spec.name!r} takes clips of {video.frames} frames, got clip_frames={cfg.clip_frames}"

@@ -575,12 +575,11 @@ class GuardService:
                     raise InvalidRequest(
                         f"{medium.payload} sequence {payload.sequence} where {expected} was expected"
                     )
-                frames = decode(payload.data, expected)
+                if medium is _VIDEO:  # JPEG decoding and scaling: off the event loop
+                    windows = await asyncio.to_thread(_push, session, decode, payload.data, expected)
+                else:
+                    windows = _push(session, decode, payload.data, expected)
                 expected += 1
-                try:
-                    windows = session.push(frames)
-                except ValueError as e:
-                    raise InvalidRequest(str(e)) from e
                 await submit(windows, time.perf_counter())
                 self.metrics.queue_depth.set(self.batcher.depth)
             await submit(session.flush(), time.perf_counter())
@@ -724,6 +723,17 @@ class GuardService:
             self.metrics.errors.labels(code.name).inc()
             log.info("call_refused", extra={"fields": {"status": code.name, "error": details_for(e)}})
         await context.abort(code, details_for(e, call.request_id if call else ""))
+
+
+def _push(
+    session: Session, decode: Callable[[bytes, int], np.ndarray], data: bytes, index: int
+) -> list[Window]:
+    """Decode one chunk (frame) into the session; the windows (clips) it completes."""
+    x = decode(data, index)
+    try:
+        return session.push(x)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from e
 
 
 def _file_format(

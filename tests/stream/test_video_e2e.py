@@ -171,9 +171,19 @@ BAD_INPUT = {
         "fps must be",
     ),
     "huge frames": (
-        make_video_config(pixel_format=pb.PIXEL_FORMAT_RGB24, width=4000, height=4000, fps=25),
+        make_video_config(pixel_format=pb.PIXEL_FORMAT_JPEG, width=4000, height=4000, fps=25),
         [],
-        "message limit",
+        "frames of at most 2088960 pixels",
+    ),
+    "fast frames": (
+        make_video_config(pixel_format=pb.PIXEL_FORMAT_JPEG, width=16, height=16, fps=120),
+        [],
+        "fps must be",
+    ),
+    "frames over the message limit": (
+        make_video_config(pixel_format=pb.PIXEL_FORMAT_RGB24, width=800, height=600, fps=25),
+        [],
+        "1440000 bytes, over this server's 1048576-byte message limit",
     ),
     "wrong clip length": (
         make_video_config(pixel_format=pb.PIXEL_FORMAT_RGB24, width=16, height=16, fps=25, clip_frames=8),
