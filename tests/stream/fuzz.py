@@ -4,7 +4,10 @@ Each case is a pure function of ``(seed, index)``: a StreamAudio call (random or
 ``StreamConfig`` fields and transform specs, chunks of the wrong size, encoding, sequence, NaN,
 Inf and huge samples, messages out of order, raw bytes that are not protobuf, bit-flipped and
 truncated messages), a CheckAudio call (WAV headers with random rates, channel counts and sizes,
-truncated and random files, raw PCM), or a ListModels call with garbage bytes. :func:`run`
+truncated and random files, raw PCM), a StreamVideo call (random ``VideoConfig`` fields, pixel
+formats, sizes and rates; RGB/I420 frames of right and wrong sizes, whole, truncated and foreign
+JPEGs, sequence gaps), a CheckVideo call (random and mutated containers), or a ListModels call
+with garbage bytes. :func:`run`
 sends the cases from several threads at once and records the status of each call.
 
 A client mistake must get a precise status: never UNKNOWN or INTERNAL, never a hang (the client's
@@ -244,9 +247,104 @@ def _wav(rng: np.random.Generator) -> bytes:
     return out
 
 
+VIDEO_TRANSFORM_WORDS = [
+    "h264",
+    "jpeg",
+    "median",
+    "rescale",
+    "h264:crf=99",
+    "h264:preset=placebo",
+    "jpeg:quality=0",
+    "median:frames=4",
+    "rescale:factor=2",
+    "mp3",
+    "none",
+    "",
+]
+
+
+def _pick(rng: np.random.Generator, *values):  # type: ignore[no-untyped-def]
+    return values[int(rng.integers(0, len(values)))]
+
+
+def random_video_config(rng: np.random.Generator) -> pb.VideoConfig:
+    cfg = pb.VideoConfig(
+        model=_pick(rng, "", "", "actions", "digits", _random_string(rng)),
+        pixel_format=int(rng.integers(0, 5)),
+        width=_pick(rng, 0, 1, 16, 33, 112, 5000, 2**31),
+        height=_pick(rng, 0, 1, 16, 31, 112, 5000),
+        fps=_pick(rng, 0.0, -1.0, float("nan"), float("inf"), 25.0, 25.0, 7.5, 60.0, 61.0, 1e9),
+        clip_frames=_pick(rng, 0, 0, 16, 8, 2**31),
+        hop_frames=_pick(rng, 0, 0, 1, 3, 16, 17, 2**31),
+    )
+    if rng.random() < 0.4:
+        cfg.transforms.extend(_pick(rng, *VIDEO_TRANSFORM_WORDS) for _ in range(int(rng.integers(0, 4))))
+    if rng.random() < 0.3:
+        cfg.smoothing_n = _pick(rng, 0, 1, 16, 64, 10**6)
+        cfg.smoothing_sigma = _pick(rng, 0.0, 0.1, -1.0, float("nan"), 1e9)
+    if rng.random() < 0.1:
+        cfg.disable_smoothing = True
+    if rng.random() < 0.1:
+        cfg.threshold = _pick(rng, 0.0, 0.5, 5.0, float("nan"))
+    return cfg
+
+
+def _jpeg(rng: np.random.Generator, w: int, h: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(out, format="JPEG")
+    data = out.getvalue()
+    return data[: int(rng.integers(0, len(data)))] if rng.random() < 0.3 else data
+
+
+def _frames(rng: np.random.Generator, cfg: pb.VideoConfig) -> list[pb.VideoRequest]:
+    w, h = max(1, min(cfg.width, 48)), max(1, min(cfg.height, 48))  # the fuzzer's own memory
+    out = []
+    for k in range(int(rng.integers(0, 24))):
+        kind = rng.random()
+        if kind < 0.4:
+            data = rng.integers(0, 256, w * h * 3, dtype=np.uint8).tobytes()
+        elif kind < 0.55:
+            data = rng.integers(0, 256, w * h + 2 * ((w + 1) // 2) * ((h + 1) // 2), dtype=np.uint8).tobytes()
+        elif kind < 0.8:
+            data = _jpeg(rng, _pick(rng, w, w + 1, 8), h)
+        else:
+            data = rng.integers(0, 256, int(rng.integers(0, 3000)), dtype=np.uint8).tobytes()
+        seq = k if rng.random() < 0.97 else max(0, k + int(rng.integers(-2, 3)))
+        out.append(pb.VideoRequest(frame=pb.VideoFrame(sequence=seq, data=data)))
+    return out
+
+
+def _video_case(rng: np.random.Generator) -> Case:
+    r = rng.random()
+    if r < 0.6:
+        cfg = random_video_config(rng)
+        if rng.random() < 0.3:  # a well-formed config, so frames get as far as the detector
+            cfg = pb.VideoConfig(pixel_format=int(rng.integers(1, 4)), width=16, height=16, fps=25)
+        reqs = [pb.VideoRequest(config=cfg), *_frames(rng, cfg)]
+        if rng.random() < 0.05:
+            reqs = reqs[1:]
+        return Case("video", reqs, messages=max(1, len(reqs)))
+    if r < 0.8:
+        raw = [pb.VideoRequest(config=random_video_config(rng)).SerializeToString()]
+        raw += [
+            _mutate(rng, m.SerializeToString()) for m in _frames(rng, pb.VideoConfig(width=16, height=16))
+        ]
+        return Case("video_raw", raw, messages=len(raw))
+    data = rng.integers(0, 256, int(rng.integers(0, 4000)), dtype=np.uint8).tobytes()
+    if rng.random() < 0.5:
+        data = b"\x00\x00\x00\x18ftypmp42" + data
+    return Case("check_video", pb.CheckVideoRequest(config=random_video_config(rng), file=data))
+
+
 def make_case(seed: int, index: int) -> Case:
     """The ``index``-th case of the run seeded ``seed``."""
     rng = np.random.default_rng([seed, index])
+    if rng.random() < 0.2:
+        return _video_case(rng)
     r = rng.random()
     if r < 0.45:
         cfg = random_config(rng) if rng.random() < 0.8 else pb.StreamConfig(encoding=1, sample_rate_hz=SR)
@@ -309,6 +407,21 @@ def send(channel: grpc.Channel, case: Case, *, deadline_s: float) -> tuple[grpc.
                 "/avsentry.v1.Guard/CheckAudio",
                 request_serializer=pb.CheckAudioRequest.SerializeToString,
                 response_deserializer=pb.CheckAudioResponse.FromString,
+            )(case.payload, timeout=deadline_s)
+        elif case.kind in ("video", "video_raw"):
+            raw = case.kind == "video_raw"
+            call = channel.stream_stream(
+                "/avsentry.v1.Guard/StreamVideo",
+                _identity if raw else pb.VideoRequest.SerializeToString,
+                _identity if raw else pb.Verdict.FromString,
+            )
+            for _ in call(iter(case.payload), timeout=deadline_s):  # type: ignore[arg-type]
+                pass
+        elif case.kind == "check_video":
+            channel.unary_unary(
+                "/avsentry.v1.Guard/CheckVideo",
+                request_serializer=pb.CheckVideoRequest.SerializeToString,
+                response_deserializer=pb.CheckVideoResponse.FromString,
             )(case.payload, timeout=deadline_s)
         elif case.kind == "check_raw":
             channel.unary_unary("/avsentry.v1.Guard/CheckAudio", _identity, _identity)(

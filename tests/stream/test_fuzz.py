@@ -52,6 +52,7 @@ write_timeout_s = 10
 grace_s = 1
 [model]
 device = "cpu"
+extra = ["actions"]
 [logging]
 level = "warning"
 """
