@@ -154,7 +154,7 @@ def detector_options(*, hop: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group(
         "detector",
         "How each window is judged. A flag not given keeps the default defence: the model card's "
-        "calibrated one (check, serve) or the server's (stream, mic). Under a changed defence "
+        "calibrated one (check, serve) or the server's (stream, mic, camera). Under a changed defence "
         "the card's threshold stays in force but is reported uncalibrated (calibrated: false, "
         "false-positive rate unknown).",
     )
