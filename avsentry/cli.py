@@ -363,6 +363,15 @@ def _remote_args(p: argparse.ArgumentParser, *, audio: bool = True, video: bool 
         action="store_true",
         help="also print quick raw-only interim verdicts (default: final verdicts only)",
     )
+    g.add_argument(
+        "--reconnect-s",
+        type=non_negative_float,
+        default=30.0,
+        metavar="S",
+        help="when the server dies or drains mid-stream, reconnect (to another replica behind the "
+        "same address) for up to S seconds and resume at the first window without a verdict, "
+        "resending its input: no window lost or repeated; 0 = fail at once (default: 30)",
+    )
     if audio:
         g.add_argument(
             "--encoding",

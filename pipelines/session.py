@@ -55,7 +55,14 @@ class _Windower:
     over the whole signal, whatever pieces it arrives in. Keeps only what later windows need."""
 
     def __init__(
-        self, *, window: int, hop: int, item_shape: tuple[int, ...], rate_ratio: float, picked: bool = False
+        self,
+        *,
+        window: int,
+        hop: int,
+        item_shape: tuple[int, ...],
+        rate_ratio: float,
+        picked: bool = False,
+        first_window: int = 0,
     ) -> None:
         if window < 1 or not 1 <= hop <= window:
             raise ValueError(f"need window >= 1 and 1 <= hop <= window, got window={window}, hop={hop}")
@@ -68,11 +75,16 @@ class _Windower:
         # and the next contiguous window's start; otherwise (resampled audio) the window's bounds
         # scaled and rounded
         self.picked = picked
+        if first_window < 0:
+            raise ValueError(f"first_window must be >= 0, got {first_window}")
+        # a resumed stream: the steps before window first_window were judged by an earlier session
+        origin = first_window * hop
         self._buf = np.zeros((0, *item_shape), np.float32)  # model-rate steps from _buf_start on
-        self._buf_start = 0
-        self._total = 0  # model-rate steps received so far
-        self._next = 0  # next window start
-        self._index = 0
+        self._buf_start = origin
+        self._total = origin  # model-rate steps received so far (counting from the stream's start)
+        self._next = origin  # next window start
+        self._index = first_window
+        self._first = first_window
 
     def append(self, x: np.ndarray) -> None:
         if len(x):
@@ -85,13 +97,19 @@ class _Windower:
         out[: len(seg)] = seg
         return out
 
-    def _emit(self, start: int) -> Window:
+    def input_step(self, step: int) -> int:
+        """The client-stream step (sample, frame) at model-rate step ``step``."""
         if self.picked:
-            start_in = math.floor(start * self.rate_ratio + 1e-9)
-            end_in = math.floor((start + self.window) * self.rate_ratio + 1e-9)
-        else:
-            start_in = int(round(start * self.rate_ratio))
-            end_in = int(round((start + self.window) * self.rate_ratio))
+            return math.floor(step * self.rate_ratio + 1e-9)
+        return int(round(step * self.rate_ratio))
+
+    def start_in(self, index: int) -> int:
+        """Where window ``index`` starts in the client's stream: where a client resending after
+        a broken stream starts (see :meth:`StreamSession.__init__`'s ``first_window``)."""
+        return self.input_step(index * self.hop)
+
+    def _emit(self, start: int) -> Window:
+        start_in, end_in = self.input_step(start), self.input_step(start + self.window)
         w = Window(index=self._index, data=self._take(start), start=start, start_in=start_in, end_in=end_in)
         self._index += 1
         return w
@@ -104,7 +122,7 @@ class _Windower:
         if (
             final
             and self._total > 0
-            and (self._index == 0 or self._next - self.hop + self.window < self._total)
+            and (self._index == self._first or self._next - self.hop + self.window < self._total)
         ):
             out.append(self._emit(self._next))
             self._next += self.hop
@@ -125,6 +143,9 @@ class StreamSession:
         window: Window length in samples at the model rate.
         hop: Hop in samples at the model rate.
         max_input_samples: Cap on the stream length in input frames (``None``: no cap).
+        first_window: Resume a broken stream: the first window to cut (numbered, placed and keyed
+            as in the unbroken stream); the audio pushed starts at ``start_in(first_window)``.
+            Exact when the input rate is the model's; otherwise the resampler restarts there.
     """
 
     def __init__(
@@ -136,13 +157,18 @@ class StreamSession:
         window: int,
         hop: int,
         max_input_samples: int | None = None,
+        first_window: int = 0,
     ) -> None:
         if input_rate_hz <= 0 or model_rate_hz <= 0:
             raise ValueError("sample rates must be positive")
         if channels < 1:
             raise ValueError("channels must be >= 1")
         self._windower = _Windower(
-            window=window, hop=hop, item_shape=(), rate_ratio=input_rate_hz / model_rate_hz
+            window=window,
+            hop=hop,
+            item_shape=(),
+            rate_ratio=input_rate_hz / model_rate_hz,
+            first_window=first_window,
         )
         self.input_rate_hz = input_rate_hz
         self.channels = channels
@@ -153,8 +179,12 @@ class StreamSession:
         self._resampler = Resampler(
             input_rate_hz=input_rate_hz, output_rate_hz=model_rate_hz, channels=channels
         )
-        self.input_samples = 0
+        self.input_samples = self._windower.start_in(first_window)
         self._flushed = False
+
+    def start_in(self, index: int) -> int:
+        """Where window ``index`` starts in the input stream (samples at its rate)."""
+        return self._windower.start_in(index)
 
     @property
     def received_s(self) -> float:
@@ -218,6 +248,8 @@ class VideoSession:
         clip_frames: Frames per clip.
         hop: Hop in frames at the model rate.
         max_input_frames: Cap on the stream length in input frames (``None``: no cap).
+        first_window: Resume a broken stream at this clip (frames pushed start at
+            ``start_in(first_window)``), as for :class:`StreamSession`.
     """
 
     def __init__(
@@ -232,6 +264,7 @@ class VideoSession:
         clip_frames: int,
         hop: int,
         max_input_frames: int | None = None,
+        first_window: int = 0,
     ) -> None:
         if not (input_fps > 0 and model_fps > 0):
             raise ValueError("frame rates must be positive")
@@ -248,10 +281,15 @@ class VideoSession:
             item_shape=(height, width, 3),
             rate_ratio=input_fps / model_fps,
             picked=True,
+            first_window=first_window,
         )
-        self.input_frames = 0
-        self._emitted = 0  # model frames made so far
+        self._emitted = first_window * hop  # model frames made so far
+        self.input_frames = self._windower.input_step(self._emitted)
         self._flushed = False
+
+    def start_in(self, index: int) -> int:
+        """Where clip ``index`` starts in the input stream (frames at its rate)."""
+        return self._windower.start_in(index)
 
     @property
     def received_s(self) -> float:
@@ -316,6 +354,7 @@ def open_session(
     channels: int = 1,
     frame_size: tuple[int, int] | None = None,
     max_seconds: float | None = None,
+    first_window: int = 0,
 ) -> Session:
     """The session that cuts a stream into ``spec``'s windows (audio) or clips (video), one every
     ``hop`` model-rate steps.
@@ -327,6 +366,7 @@ def open_session(
         frame_size: ``(height, width)`` of the video frames; required for video.
         max_seconds: Cap on the stream's length (``None``: no cap); past it ``push`` raises
             :class:`StreamTooLong`.
+        first_window: Resume a broken stream at this window (see :class:`StreamSession`).
     """
     cap = None if max_seconds is None else int(max_seconds * rate_hz)
     if spec.modality == "video":
@@ -343,6 +383,7 @@ def open_session(
             clip_frames=video.frames,
             hop=hop,
             max_input_frames=cap,
+            first_window=first_window,
         )
     audio = spec.audio
     return StreamSession(
@@ -352,6 +393,7 @@ def open_session(
         window=audio.window_samples,
         hop=hop,
         max_input_samples=cap,
+        first_window=first_window,
     )
 
 

@@ -18,7 +18,9 @@ Stream a file or any iterator of audio chunks in a few lines::
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -63,7 +65,13 @@ class GuardClient:
         timeout_s: float | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
     ) -> None:
-        options = [("grpc.max_receive_message_length", max_message_bytes)]
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # a resumed stream reconnects within a fraction of a second of a replica being back
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
         if tls or ca or cert:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=Path(ca).read_bytes() if ca else None,
@@ -119,14 +127,15 @@ class GuardClient:
         fps: float,
         pixel_format: str = "jpeg",
         jpeg_quality: int = 90,
+        reconnect_s: float = 0.0,
         **config: Any,
     ) -> Iterator[pb.Verdict]:
         """Stream ``(height, width, 3)`` uint8 RGB frames; yields a verdict per clip as it comes.
 
         ``pixel_format`` is how frames travel: ``"jpeg"`` (default; compact, lossy at
         ``jpeg_quality``), ``"rgb24"`` (exact) or ``"i420"`` (YUV 4:2:0, half the bytes of RGB).
-        Keyword arguments are :func:`make_video_config` fields (``model``, ``hop_frames``,
-        ``transforms``, ``smoothing_n``, ...).
+        ``reconnect_s``: resume a broken stream as :meth:`stream` does. Keyword arguments are
+        :func:`make_video_config` fields (``model``, ``hop_frames``, ``transforms``, ...).
         """
         if pixel_format not in PIXEL_FORMATS:
             raise ValueError(f"pixel_format must be one of {sorted(PIXEL_FORMATS)}")
@@ -134,17 +143,14 @@ class GuardClient:
             width=width, height=height, fps=fps, pixel_format=PIXEL_FORMATS[pixel_format], **config
         )
 
-        def requests() -> Iterator[pb.VideoRequest]:
+        def requests(items: Iterator[np.ndarray]) -> Iterator[pb.VideoRequest]:
             yield pb.VideoRequest(config=cfg)
-            for seq, frame in enumerate(frames):
-                data = encode_frame(frame, pixel_format, jpeg_quality=jpeg_quality)
+            for seq, block in enumerate(items):
+                data = encode_frame(block[0], pixel_format, jpeg_quality=jpeg_quality)
                 yield pb.VideoRequest(frame=pb.VideoFrame(sequence=seq, data=data))
 
-        call = self.stub.StreamVideo(requests(), metadata=self.metadata, timeout=self.timeout_s)
-        try:
-            yield from call
-        finally:
-            call.cancel()
+        blocks = (np.asarray(f)[None] for f in frames)  # one frame a block: the tape's unit
+        return self._resumable(self.stub.StreamVideo, cfg, requests, blocks, reconnect_s)
 
     def stream_video_source(self, source: VideoSource, **config: Any) -> Iterator[pb.Verdict]:
         """Stream a :class:`~stream.video_sources.VideoSource` (file or camera)."""
@@ -169,6 +175,7 @@ class GuardClient:
         sample_rate_hz: int,
         channels: int = 1,
         encoding: str = "pcm16",
+        reconnect_s: float = 0.0,
         **config: Any,
     ) -> Iterator[pb.Verdict]:
         """Stream ``(frames, channels)`` float32 chunks; yields verdicts as they come back.
@@ -177,6 +184,13 @@ class GuardClient:
         ``smoothing_n``, ``smoothing_sigma``, ``smoothing_representation``, ``disable_smoothing``,
         ``threshold``, ``interim_results``, ``request_id``). ``encoding`` is how samples travel:
         ``"pcm16"`` (half the bytes) or ``"float32"`` (exactly the samples given).
+
+        ``reconnect_s`` > 0 makes the stream survive its server: when the call breaks with
+        UNAVAILABLE (the server died or drained) after it had started, the client reconnects
+        (through a load balancer, another replica) for up to ``reconnect_s`` seconds, resumes at
+        the first window it has no final verdict for (``resume_window``) and resends the audio
+        from that window's start (``next_start_sample`` of the last final verdict), which it
+        keeps until it is judged. Every window's final verdict is yielded exactly once.
         """
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {sorted(ENCODINGS)}")
@@ -184,16 +198,57 @@ class GuardClient:
             sample_rate_hz=sample_rate_hz, channels=channels, encoding=ENCODINGS[encoding], **config
         )
 
-        def requests() -> Iterator[pb.AudioRequest]:
+        def requests(items: Iterator[np.ndarray]) -> Iterator[pb.AudioRequest]:
             yield pb.AudioRequest(config=cfg)
-            for seq, chunk in enumerate(chunks):
+            for seq, chunk in enumerate(items):
                 yield pb.AudioRequest(chunk=pb.AudioChunk(sequence=seq, data=encode_pcm(chunk, cfg.encoding)))
 
-        call = self.stub.StreamAudio(requests(), metadata=self.metadata, timeout=self.timeout_s)
-        try:
-            yield from call
-        finally:
-            call.cancel()
+        return self._resumable(self.stub.StreamAudio, cfg, requests, iter(chunks), reconnect_s)
+
+    def _resumable(
+        self,
+        rpc: Callable[..., Any],
+        cfg: pb.StreamConfig | pb.VideoConfig,
+        requests: Callable[[Iterator[np.ndarray]], Iterator[Any]],
+        chunks: Iterator[np.ndarray],
+        reconnect_s: float,
+    ) -> Iterator[pb.Verdict]:
+        """One streaming call, or with ``reconnect_s`` a chain of calls resumed after each break
+        (see :meth:`stream`)."""
+        tape = _Tape(chunks)
+        last_final = last_interim = -1
+        resume_at, deadline = 0, None
+        while True:
+            cfg.resume_window = last_final + 1
+            call = rpc(requests(tape.reader(resume_at)), metadata=self.metadata, timeout=self.timeout_s)
+            try:
+                for v in call:
+                    if v.is_final:
+                        if v.window_index <= last_final:
+                            continue
+                        last_final, resume_at, deadline = v.window_index, v.next_start_sample, None
+                        tape.trim(resume_at)
+                    elif v.window_index <= last_interim:
+                        continue
+                    else:
+                        last_interim = v.window_index
+                    yield v
+                return
+            except grpc.RpcError as e:
+                started = last_final >= 0 or deadline is not None
+                if not reconnect_s or e.code() != grpc.StatusCode.UNAVAILABLE or not started:
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + reconnect_s
+                if now >= deadline:
+                    raise
+                try:  # until a server (a replica behind the same address) accepts connections
+                    grpc.channel_ready_future(self.channel).result(timeout=max(0.0, deadline - now))
+                except grpc.FutureTimeoutError:
+                    raise e from None
+                time.sleep(0.05)
+            finally:
+                call.cancel()
 
     def stream_source(self, source: AudioSource, **config: Any) -> Iterator[pb.Verdict]:
         """Stream an :class:`~stream.sources.AudioSource` (file or microphone)."""
@@ -213,6 +268,52 @@ class GuardClient:
 
         with FileSource(path, chunk_ms=chunk_ms, rate=rate) as src:
             yield from self.stream_source(src, **config)
+
+
+class _Tape:
+    """What a resumable stream has read from its source and not yet seen judged: chunks (audio
+    frames, or one video frame each) at their positions in the stream. Each call reads through a
+    :meth:`reader` from its resume point; a newer reader stops the older ones, so only one call
+    pulls from the source."""
+
+    def __init__(self, source: Iterator[np.ndarray]) -> None:
+        self._source = source
+        self._lock = threading.Lock()
+        self._chunks: list[tuple[int, np.ndarray]] = []  # (start, chunk)
+        self._end = 0
+        self._done = False
+        self._generation = 0
+
+    def trim(self, upto: int) -> None:
+        """Forget the chunks that end at or before ``upto`` (judged: no resume needs them)."""
+        with self._lock:
+            self._chunks = [(s, c) for s, c in self._chunks if s + len(c) > upto]
+
+    def reader(self, start: int) -> Iterator[np.ndarray]:
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        pos = start
+        while True:
+            with self._lock:
+                if generation != self._generation:
+                    return
+                chunk = next((c[pos - s :] for s, c in self._chunks if s <= pos < s + len(c)), None)
+                if chunk is None:
+                    if self._chunks and pos < self._chunks[0][0]:
+                        raise RuntimeError(f"resume point {pos} was already dropped")
+                    if self._done:
+                        return
+                    nxt = next(self._source, None)
+                    if nxt is None:
+                        self._done = True
+                        return
+                    chunk = np.asarray(nxt)
+                    self._chunks.append((self._end, chunk))
+                    self._end += len(chunk)
+            if len(chunk):
+                yield chunk
+            pos += len(chunk)
 
 
 def make_config(

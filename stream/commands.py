@@ -117,6 +117,7 @@ def stream_config(args: argparse.Namespace) -> dict[str, Any]:
         "threshold": args.threshold,
         "hop_ms": args.hop_ms or 0,
         "interim_results": args.interim,
+        "reconnect_s": args.reconnect_s,
     }
 
 

@@ -98,6 +98,7 @@ class StreamSettings:
     Attributes:
         format: How the client's data travels (:class:`AudioFormat` or :class:`VideoFormat`).
         window / hop: Model-rate samples (audio) or frames (video).
+        resume_window: The first window of a resumed stream (0: a new stream).
         detector: The defence this stream runs (threshold included).
         calibrated: Whether the threshold in force was calibrated for exactly ``detector``.
     """
@@ -111,6 +112,7 @@ class StreamSettings:
     detector: DetectorConfig
     calibrated: bool
     interim: bool
+    resume_window: int = 0
 
     @property
     def rate_hz(self) -> float:
@@ -177,6 +179,7 @@ def settings_from_proto(
         detector=detector,
         calibrated=calibrated,
         interim=cfg.interim_results,
+        resume_window=cfg.resume_window,
     )
 
 
@@ -237,6 +240,7 @@ def video_settings_from_proto(
         detector=detector,
         calibrated=calibrated,
         interim=cfg.interim_results,
+        resume_window=cfg.resume_window,
     )
 
 

@@ -39,7 +39,7 @@ from grpc_reflection.v1alpha import reflection
 from avsentry.pipelines.audio_io import AudioFile, AudioLimits, AudioTooLong
 from avsentry.pipelines.detection import Detector
 from avsentry.pipelines.report import VerdictRecord, from_verdict, window_fields
-from avsentry.pipelines.session import Session, Window, open_session
+from avsentry.pipelines.session import Session, StreamTooLong, Window, open_session
 from avsentry.pipelines.transforms import CodecProcessPool
 from avsentry.pipelines.types import ModelSpec
 from avsentry.pipelines.video_io import VideoFile, VideoLimits
@@ -150,6 +150,7 @@ class Capacity:
 @dataclass(slots=True)
 class _Pending:
     window: Window
+    next_start: int  # where the next window starts in the client's stream (resume point)
     arrived: float
     interim: asyncio.Future | None
     final: asyncio.Future
@@ -337,13 +338,30 @@ class GuardService:
     @staticmethod
     def _open_session(settings: convert.StreamSettings, spec: ModelSpec, max_seconds: float) -> Session:
         fmt = settings.format
+        first = settings.resume_window
         if isinstance(fmt, convert.VideoFormat):
-            return open_session(
-                spec, rate_hz=fmt.fps, hop=settings.hop, frame_size=fmt.frame_size, max_seconds=max_seconds
+            session: Session = open_session(
+                spec,
+                rate_hz=fmt.fps,
+                hop=settings.hop,
+                frame_size=fmt.frame_size,
+                max_seconds=max_seconds,
+                first_window=first,
             )
-        return open_session(
-            spec, rate_hz=fmt.sample_rate_hz, hop=settings.hop, channels=fmt.channels, max_seconds=max_seconds
-        )
+        else:
+            session = open_session(
+                spec,
+                rate_hz=fmt.sample_rate_hz,
+                hop=settings.hop,
+                channels=fmt.channels,
+                max_seconds=max_seconds,
+                first_window=first,
+            )
+        if first and session.start_in(first) / fmt.rate_hz > max_seconds:
+            raise StreamTooLong(
+                f"resume_window {first} starts past this server's {max_seconds:g} s stream cap"
+            )
+        return session
 
     async def _detector(self, call: _Call, settings: convert.StreamSettings) -> BuiltDetector:
         """The call's detector (built off the event loop on first use) and its admitted share."""
@@ -493,7 +511,9 @@ class GuardService:
             latency_ms=latency * 1000,
             **window,
         )
-        await self._write(context, convert.record_to_proto(record))
+        msg = convert.record_to_proto(record)
+        msg.next_start_sample = item.next_start
+        await self._write(context, msg)
         call.windows += 1
         call.flags += record.flagged
         self.metrics.windows.labels(settings.model).inc()
@@ -546,7 +566,10 @@ class GuardService:
         async def submit(windows: list[Window], arrived: float) -> None:
             for w in windows:
                 interim, final = await feeder.submit(w, interim=settings.interim)
-                await pending.put(_Pending(window=w, arrived=arrived, interim=interim, final=final))
+                nxt = session.start_in(w.index + 1)
+                await pending.put(
+                    _Pending(window=w, next_start=nxt, arrived=arrived, interim=interim, final=final)
+                )
 
         try:
             while True:
@@ -618,6 +641,8 @@ class GuardService:
                 if not request.file:
                     raise InvalidRequest("CheckVideoRequest needs a video file")
             settings = await self._settings(request.config, medium, require_format=which == "pcm")
+            if settings.resume_window:
+                raise InvalidRequest("resume_window resumes a stream; a check call judges a whole file")
             call.request_id = settings.request_id
             source: AudioFile | VideoFile | None = None
             if which == "file":

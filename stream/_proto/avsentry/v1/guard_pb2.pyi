@@ -28,7 +28,7 @@ PIXEL_FORMAT_I420: PixelFormat
 PIXEL_FORMAT_JPEG: PixelFormat
 
 class StreamConfig(_message.Message):
-    __slots__ = ("model", "encoding", "sample_rate_hz", "channels", "window_ms", "hop_ms", "transforms", "smoothing_n", "smoothing_sigma", "disable_smoothing", "interim_results", "request_id", "smoothing_representation", "threshold")
+    __slots__ = ("model", "encoding", "sample_rate_hz", "channels", "window_ms", "hop_ms", "transforms", "smoothing_n", "smoothing_sigma", "disable_smoothing", "interim_results", "request_id", "smoothing_representation", "threshold", "resume_window")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class StreamConfig(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_REPRESENTATION_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    RESUME_WINDOW_FIELD_NUMBER: _ClassVar[int]
     model: str
     encoding: AudioEncoding
     sample_rate_hz: int
@@ -57,7 +58,8 @@ class StreamConfig(_message.Message):
     request_id: str
     smoothing_representation: str
     threshold: float
-    def __init__(self, model: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., channels: _Optional[int] = ..., window_ms: _Optional[int] = ..., hop_ms: _Optional[int] = ..., transforms: _Optional[_Iterable[str]] = ..., smoothing_n: _Optional[int] = ..., smoothing_sigma: _Optional[float] = ..., disable_smoothing: _Optional[bool] = ..., interim_results: _Optional[bool] = ..., request_id: _Optional[str] = ..., smoothing_representation: _Optional[str] = ..., threshold: _Optional[float] = ...) -> None: ...
+    resume_window: int
+    def __init__(self, model: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ..., channels: _Optional[int] = ..., window_ms: _Optional[int] = ..., hop_ms: _Optional[int] = ..., transforms: _Optional[_Iterable[str]] = ..., smoothing_n: _Optional[int] = ..., smoothing_sigma: _Optional[float] = ..., disable_smoothing: _Optional[bool] = ..., interim_results: _Optional[bool] = ..., request_id: _Optional[str] = ..., smoothing_representation: _Optional[str] = ..., threshold: _Optional[float] = ..., resume_window: _Optional[int] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("sequence", "data")
@@ -117,7 +119,7 @@ class SmoothedPrediction(_message.Message):
     def __init__(self, label: _Optional[str] = ..., abstain: _Optional[bool] = ..., counts: _Optional[_Mapping[str, int]] = ..., p_value: _Optional[float] = ..., certified_label: _Optional[str] = ..., radius: _Optional[float] = ..., p_lower: _Optional[float] = ..., guaranteed_snr_db: _Optional[float] = ..., raw_p_lower: _Optional[float] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("request_id", "window_index", "start_sample", "end_sample", "start_s", "end_s", "model", "raw_label", "raw_confidence", "defended", "smoothed", "score", "threshold", "flagged", "reasons", "latency_ms", "is_final", "calibrated")
+    __slots__ = ("request_id", "window_index", "start_sample", "end_sample", "start_s", "end_s", "model", "raw_label", "raw_confidence", "defended", "smoothed", "score", "threshold", "flagged", "reasons", "latency_ms", "is_final", "calibrated", "next_start_sample")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WINDOW_INDEX_FIELD_NUMBER: _ClassVar[int]
     START_SAMPLE_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +138,7 @@ class Verdict(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
     CALIBRATED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_START_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     window_index: int
     start_sample: int
@@ -154,7 +157,8 @@ class Verdict(_message.Message):
     latency_ms: float
     is_final: bool
     calibrated: bool
-    def __init__(self, request_id: _Optional[str] = ..., window_index: _Optional[int] = ..., start_sample: _Optional[int] = ..., end_sample: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., model: _Optional[str] = ..., raw_label: _Optional[str] = ..., raw_confidence: _Optional[float] = ..., defended: _Optional[_Iterable[_Union[DefendedPrediction, _Mapping]]] = ..., smoothed: _Optional[_Union[SmoothedPrediction, _Mapping]] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., flagged: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ..., latency_ms: _Optional[float] = ..., is_final: _Optional[bool] = ..., calibrated: _Optional[bool] = ...) -> None: ...
+    next_start_sample: int
+    def __init__(self, request_id: _Optional[str] = ..., window_index: _Optional[int] = ..., start_sample: _Optional[int] = ..., end_sample: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., model: _Optional[str] = ..., raw_label: _Optional[str] = ..., raw_confidence: _Optional[float] = ..., defended: _Optional[_Iterable[_Union[DefendedPrediction, _Mapping]]] = ..., smoothed: _Optional[_Union[SmoothedPrediction, _Mapping]] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., flagged: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ..., latency_ms: _Optional[float] = ..., is_final: _Optional[bool] = ..., calibrated: _Optional[bool] = ..., next_start_sample: _Optional[int] = ...) -> None: ...
 
 class CheckAudioRequest(_message.Message):
     __slots__ = ("config", "file", "pcm")
@@ -173,7 +177,7 @@ class CheckAudioResponse(_message.Message):
     def __init__(self, verdicts: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ...) -> None: ...
 
 class VideoConfig(_message.Message):
-    __slots__ = ("model", "pixel_format", "width", "height", "fps", "clip_frames", "hop_frames", "transforms", "smoothing_n", "smoothing_sigma", "disable_smoothing", "interim_results", "request_id", "smoothing_representation", "threshold")
+    __slots__ = ("model", "pixel_format", "width", "height", "fps", "clip_frames", "hop_frames", "transforms", "smoothing_n", "smoothing_sigma", "disable_smoothing", "interim_results", "request_id", "smoothing_representation", "threshold", "resume_window")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PIXEL_FORMAT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +193,7 @@ class VideoConfig(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SMOOTHING_REPRESENTATION_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    RESUME_WINDOW_FIELD_NUMBER: _ClassVar[int]
     model: str
     pixel_format: PixelFormat
     width: int
@@ -204,7 +209,8 @@ class VideoConfig(_message.Message):
     request_id: str
     smoothing_representation: str
     threshold: float
-    def __init__(self, model: _Optional[str] = ..., pixel_format: _Optional[_Union[PixelFormat, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., clip_frames: _Optional[int] = ..., hop_frames: _Optional[int] = ..., transforms: _Optional[_Iterable[str]] = ..., smoothing_n: _Optional[int] = ..., smoothing_sigma: _Optional[float] = ..., disable_smoothing: _Optional[bool] = ..., interim_results: _Optional[bool] = ..., request_id: _Optional[str] = ..., smoothing_representation: _Optional[str] = ..., threshold: _Optional[float] = ...) -> None: ...
+    resume_window: int
+    def __init__(self, model: _Optional[str] = ..., pixel_format: _Optional[_Union[PixelFormat, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., clip_frames: _Optional[int] = ..., hop_frames: _Optional[int] = ..., transforms: _Optional[_Iterable[str]] = ..., smoothing_n: _Optional[int] = ..., smoothing_sigma: _Optional[float] = ..., disable_smoothing: _Optional[bool] = ..., interim_results: _Optional[bool] = ..., request_id: _Optional[str] = ..., smoothing_representation: _Optional[str] = ..., threshold: _Optional[float] = ..., resume_window: _Optional[int] = ...) -> None: ...
 
 class VideoFrame(_message.Message):
     __slots__ = ("sequence", "data")
