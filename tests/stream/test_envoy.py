@@ -8,18 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-import pytest
-
-from avsentry.stream.client import GuardClient
-
 sys.path.insert(0, str(Path(__file__).parent))
-from test_resume import _free_port, _serve, _stop  # noqa: E402
+from test_resume import SpeechStream, _free_port, _serve, _stop, assert_each_window_once  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
@@ -58,8 +52,6 @@ def _admin(admin: int, port: int, stat: str) -> str | None:
 
 
 def test_a_stream_through_envoy_survives_its_front_end(tmp_path, digit_audio) -> None:
-    audio = np.tile(digit_audio, 1 + int(10 * 16000 // len(digit_audio)))[: 10 * 16000]
-    chunk = 1600
     a, b, listen, admin = (_free_port() for _ in range(4))
     text = (ROOT / "deploy" / "envoy.yaml").read_text()
     for old, new in (
@@ -78,8 +70,6 @@ def test_a_stream_through_envoy_survives_its_front_end(tmp_path, digit_audio) ->
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    got: list = []
-    errors: list = []
     try:
         t0 = time.monotonic()
         while not (
@@ -87,38 +77,16 @@ def test_a_stream_through_envoy_survives_its_front_end(tmp_path, digit_audio) ->
         ):
             assert time.monotonic() - t0 < 30, "envoy never saw both front ends healthy"
             time.sleep(0.2)
-
-        def paced():
-            for s in range(0, len(audio), chunk):
-                time.sleep(0.05)
-                yield audio[s : s + chunk, None]
-
-        def run() -> None:
-            try:
-                with GuardClient(f"127.0.0.1:{listen}", timeout_s=300) as client:
-                    for v in client.stream(paced(), sample_rate_hz=16000, encoding="float32", reconnect_s=60):
-                        got.append(v)
-            except Exception as e:  # noqa: BLE001 - reported by the assertion below
-                errors.append(e)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        while len(got) < 4 and thread.is_alive():
-            time.sleep(0.05)
-        assert thread.is_alive() and len(got) < 19, errors
+        stream = SpeechStream(f"127.0.0.1:{listen}", digit_audio)
+        stream.wait_for(4)
         # the front end holding the stream: Envoy's count of its active requests
         (holder,) = [port for port in (a, b) if _admin(admin, port, "rq_active") == "1"]
         _stop(servers[holder], signal.SIGKILL)
-        thread.join(timeout=240)
-        assert not errors, errors
-        with GuardClient(f"127.0.0.1:{listen}", timeout_s=300) as client:
-            chunks = (audio[s : s + chunk, None] for s in range(0, len(audio), chunk))
-            reference = list(client.stream(chunks, sample_rate_hz=16000, encoding="float32"))
+        got = stream.finish()
+        reference = stream.reference()
     finally:
         envoy.terminate()
         envoy.wait(timeout=30)
         for proc in servers.values():
             _stop(proc)
-    assert [v.window_index for v in got] == list(range(19))
-    assert [(v.start_sample, v.raw_label) for v in got] == [(v.start_sample, v.raw_label) for v in reference]
-    assert [v.score for v in got] == pytest.approx([v.score for v in reference], abs=1e-6)
+    assert_each_window_once(got, reference)

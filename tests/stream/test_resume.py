@@ -97,49 +97,51 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
         proc.stdout.close()
 
 
-def test_a_stream_loses_and_repeats_no_window_when_its_server_is_killed(digit_audio) -> None:
-    """Real speech (the held-out digits, 10 s), paced at 2x real time, to a server that is
-    SIGKILLed after 4 verdicts; a replacement starts on the same port. The client resumes and
-    yields every window once, each the verdict the replacement gives in an unbroken stream."""
-    audio = np.tile(digit_audio, 1 + int(10 * 16000 // len(digit_audio)))[: 10 * 16000]
-    chunk = 1600
+class SpeechStream:
+    """A resumable client stream of 10 s of real speech (19 windows) on a thread, paced at 2x
+    real time; ``reference(target)`` streams the same audio unbroken."""
 
-    def paced():
-        for s in range(0, len(audio), chunk):
-            time.sleep(0.05)
-            yield audio[s : s + chunk, None]
+    CHUNK = 1600
 
-    port = _free_port()
-    first = _serve(port)
-    got: list = []
-    errors: list = []
+    def __init__(self, target: str, digit_audio: np.ndarray) -> None:
+        self.target = target
+        self.audio = np.tile(digit_audio, 1 + int(10 * 16000 // len(digit_audio)))[: 10 * 16000]
+        self.got: list = []
+        self.errors: list = []
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
 
-    def run() -> None:
+    def _chunks(self, pace_s: float = 0.0):
+        for s in range(0, len(self.audio), self.CHUNK):
+            time.sleep(pace_s)
+            yield self.audio[s : s + self.CHUNK, None]
+
+    def _run(self) -> None:
         try:
-            with GuardClient(f"127.0.0.1:{port}", timeout_s=300) as client:
-                for v in client.stream(paced(), sample_rate_hz=16000, encoding="float32", reconnect_s=60):
-                    got.append(v)
-        except Exception as e:  # noqa: BLE001 - reported by the assertion below
-            errors.append(e)
+            with GuardClient(self.target, timeout_s=300) as client:
+                chunks = self._chunks(0.05)
+                for v in client.stream(chunks, sample_rate_hz=16000, encoding="float32", reconnect_s=60):
+                    self.got.append(v)
+        except Exception as e:  # noqa: BLE001 - reported by finish()
+            self.errors.append(e)
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    try:
-        while len(got) < 4 and thread.is_alive():
+    def wait_for(self, verdicts: int) -> None:
+        """Until ``verdicts`` have arrived; the stream must still be running then."""
+        while len(self.got) < verdicts and self.thread.is_alive():
             time.sleep(0.05)
-        assert thread.is_alive() and len(got) < 19  # the server dies mid-stream
-        _stop(first, signal.SIGKILL)
-        second = _serve(port)
-        try:
-            thread.join(timeout=240)
-            assert not errors, errors
-            with GuardClient(f"127.0.0.1:{port}", timeout_s=300) as client:
-                chunks = (audio[s : s + chunk, None] for s in range(0, len(audio), chunk))
-                reference = list(client.stream(chunks, sample_rate_hz=16000, encoding="float32"))
-        finally:
-            _stop(second)
-    finally:
-        _stop(first, signal.SIGKILL)
+        assert self.thread.is_alive() and len(self.got) < 19, self.errors  # the server dies mid-stream
+
+    def finish(self) -> list:
+        self.thread.join(timeout=240)
+        assert not self.errors, self.errors
+        return self.got
+
+    def reference(self) -> list:
+        with GuardClient(self.target, timeout_s=300) as client:
+            return list(client.stream(self._chunks(), sample_rate_hz=16000, encoding="float32"))
+
+
+def assert_each_window_once(got: list, reference: list) -> None:
     assert len(reference) == 19
     assert [v.window_index for v in got] == list(range(19))  # each window once, in order
     assert [(v.start_sample, v.end_sample, v.raw_label) for v in got] == [
@@ -147,3 +149,24 @@ def test_a_stream_loses_and_repeats_no_window_when_its_server_is_killed(digit_au
     ]
     assert [v.score for v in got] == pytest.approx([v.score for v in reference], abs=1e-6)
     assert [v.next_start_sample for v in got] == [8000 * (k + 1) for k in range(19)]
+
+
+def test_a_stream_loses_and_repeats_no_window_when_its_server_is_killed(digit_audio) -> None:
+    """Real speech to a server that is SIGKILLed after 4 verdicts; a replacement starts on the
+    same port. The client resumes and yields every window once, each the verdict the replacement
+    gives in an unbroken stream."""
+    port = _free_port()
+    first = _serve(port)
+    try:
+        stream = SpeechStream(f"127.0.0.1:{port}", digit_audio)
+        stream.wait_for(4)
+        _stop(first, signal.SIGKILL)
+        second = _serve(port)
+        try:
+            got = stream.finish()
+            reference = stream.reference()
+        finally:
+            _stop(second)
+    finally:
+        _stop(first, signal.SIGKILL)
+    assert_each_window_once(got, reference)
