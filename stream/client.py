@@ -291,7 +291,8 @@ class _Tape:
 
     def __init__(self, source: Iterator[np.ndarray]) -> None:
         self._source = source
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the chunk list
+        self._pull = threading.Lock()  # the source
         self._chunks: list[tuple[int, np.ndarray]] = []  # (start, chunk)
         self._end = 0
         self._done = False
@@ -312,18 +313,29 @@ class _Tape:
                 if generation != self._generation:
                     return
                 chunk = next((c[pos - s :] for s, c in self._chunks if s <= pos < s + len(c)), None)
-                if chunk is None:
-                    if self._chunks and pos < self._chunks[0][0]:
-                        raise RuntimeError(f"resume point {pos} was already dropped")
-                    if self._done:
-                        return
+                if chunk is None and self._chunks and pos < self._chunks[0][0]:
+                    raise RuntimeError(f"resume point {pos} was already dropped")
+                done = self._done
+            if chunk is None:
+                if done:
+                    return
+                # one reader pulls at a time, outside the lock trim() takes: a source that blocks
+                # (a microphone, a paced file) never holds up the verdicts
+                with self._pull:
+                    with self._lock:
+                        if generation != self._generation:
+                            return
+                        behind = pos < self._end  # another reader pulled meanwhile
+                    if behind:
+                        continue
                     nxt = next(self._source, None)
-                    if nxt is None:
-                        self._done = True
-                        return
-                    chunk = np.asarray(nxt)
-                    self._chunks.append((self._end, chunk))
-                    self._end += len(chunk)
+                    with self._lock:
+                        if nxt is None:
+                            self._done = True
+                            return
+                        chunk = np.asarray(nxt)
+                        self._chunks.append((self._end, chunk))
+                        self._end += len(chunk)
             if len(chunk):
                 yield chunk
             pos += len(chunk)
