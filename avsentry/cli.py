@@ -77,6 +77,16 @@ def transform_list(text: str) -> tuple[str, ...]:
     return tuple(specs)
 
 
+def inference_engine(text: str) -> tuple[str, str]:
+    """``--inference``: local, ray or ray=ADDRESS."""
+    from avsentry.stream.config import parse_inference
+
+    try:
+        return parse_inference(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -491,6 +501,14 @@ def build_parser() -> argparse.ArgumentParser:
         "few ms can pay)",
     )
     g.add_argument("--workers", type=positive_int, help="batches in flight (default: 2)")
+    g.add_argument(
+        "--inference",
+        type=inference_engine,
+        metavar="local|ray[=ADDRESS]",
+        help="where detectors run: local, in this process; ray, on a Ray Serve inference pool "
+        "(the ray extra) in a local Ray instance this server starts; ray=ADDRESS, on the pool app "
+        "already deployed on that cluster, e.g. ray=auto (default: local)",
+    )
     g.add_argument(
         "--torch-threads",
         type=int,

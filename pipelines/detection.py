@@ -60,7 +60,7 @@ from avsentry.pipelines.transforms import (
     normalize_transform_spec,
     transform_for_input,
 )
-from avsentry.pipelines.types import Abstain, Certified, Prediction
+from avsentry.pipelines.types import Abstain, Certified, ModelSpec, Prediction
 
 # The defence of a card or manifest that names none (see DEFAULT_DEFENCE).
 DEFAULT_TRANSFORMS: tuple[str, ...] = tuple(DEFAULT_DEFENCE["transforms"])
@@ -408,6 +408,11 @@ class Detector:
         self._parts_per_window = sum(
             len(t.segment_bounds(window)) for t in self.transforms if isinstance(t, SegmentedTransform)
         )
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The guarded model's spec."""
+        return self.recognizer.spec
 
     @property
     def executor(self) -> Executor:

@@ -47,6 +47,8 @@ def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,
         "workers": args.workers,
+        "inference": args.inference[0] if args.inference else None,
+        "ray_address": args.inference[1] if args.inference else None,
         "torch_threads": args.torch_threads,
         "max_load": args.max_load,
         "lock": args.lock,
@@ -79,9 +81,16 @@ def run_serve(args: argparse.Namespace) -> int:
             else ""
         )
         auth = ", bearer token required" if r.config.token else ""
+        pool = r.inference_pool
+        where = (
+            ""
+            if pool is None
+            else f", detectors on Ray Serve app {r.config.pool_app!r} "
+            f"({pool.description.get('device', '?')} replicas)"
+        )
         print(
             f"avsentry serving {', '.join(r.service.registry.manifests)} on {r.config.address}:{r.port} "
-            f"({scheme}{auth}{extra}); Ctrl-C to stop",
+            f"({scheme}{auth}{extra}{where}); Ctrl-C to stop",
             flush=True,
         )
 

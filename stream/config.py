@@ -39,6 +39,17 @@ Example ``server.toml`` (every key optional; these are the defaults)::
     codec_processes = -1       # codec round trips in this many worker processes (-1: one per CPU;
                                # 0: threads in the server process, where the GIL caps them)
 
+    [inference]
+    engine = "local"           # local: detectors run in this process. ray: batches go to a Ray
+                               # Serve inference pool (avsentry.stream.pool; the ray extra)
+    address = ""               # ray: "" starts a local Ray instance and deploys the pool in it;
+                               # else a cluster ("auto", "HOST:6379", "ray://HOST:10001") where
+                               # the pool app already runs (serve deploy deploy/ray-serve.yaml)
+    app = "avsentry"           # the pool's Serve application name
+    replicas = 1               # pool replicas of a local Ray instance this server starts
+    timeout_s = 60             # longest wait for one batch's verdicts
+    retries = 3                # times a batch is sent again when its replica dies
+
     [capacity]
     max_load = 0.85            # admit a call only while the committed detector work stays under
                                # this share of the server's measured throughput; 0 = no admission
@@ -100,6 +111,7 @@ from avsentry.pipelines.transforms import TRANSFORM_NAMES
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+INFERENCE_ENGINES = ("local", "ray")
 # Bytes of a message around its audio payload (field tags, sequence number); generous.
 MESSAGE_OVERHEAD_BYTES = 1024
 
@@ -134,6 +146,12 @@ class ServerConfig:
     workers: int = 2
     queue_size: int = 1024
     codec_processes: int = -1
+    inference: str = "local"
+    ray_address: str = ""
+    pool_app: str = "avsentry"
+    pool_replicas: int = 1
+    pool_timeout_s: float = 60.0
+    pool_retries: int = 3
     max_load: float = 0.85
     window_cost_ms: float = 0.0
     lock: bool = True
@@ -179,6 +197,7 @@ class ServerConfig:
             "max_detectors",
             "min_hop_ms",
             "hop_ms",
+            "pool_replicas",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -190,6 +209,7 @@ class ServerConfig:
             "write_timeout_s",
             "keepalive_s",
             "max_connection_age_s",
+            "pool_timeout_s",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -204,6 +224,12 @@ class ServerConfig:
                 f"{MAX_CHANNELS} channels, float32), more than max_message_bytes = {self.max_message_bytes}: "
                 "raise max_message_bytes or lower max_chunk_ms"
             )
+        if self.inference not in INFERENCE_ENGINES:
+            raise ValueError(f"inference must be one of {INFERENCE_ENGINES}, got {self.inference!r}")
+        if self.ray_address and self.inference != "ray":
+            raise ValueError("a Ray address needs inference = ray")
+        if self.pool_retries < 0:
+            raise ValueError(f"pool retries must be >= 0, got {self.pool_retries}")
         if self.backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be torch or onnx, got {self.backend!r}")
         if self.log_level not in LOG_LEVELS or self.log_format not in LOG_FORMATS:
@@ -282,6 +308,14 @@ _TOML_KEYS = {
         "allow_uncalibrated": "allow_uncalibrated",
     },
     "batching": {k: k for k in ("max_batch", "max_wait_ms", "workers", "queue_size", "codec_processes")},
+    "inference": {
+        "engine": "inference",
+        "address": "ray_address",
+        "app": "pool_app",
+        "replicas": "pool_replicas",
+        "timeout_s": "pool_timeout_s",
+        "retries": "pool_retries",
+    },
     "capacity": {k: k for k in ("max_load", "window_cost_ms")},
     "defence": {
         k: k
@@ -311,6 +345,18 @@ _TOML_KEYS = {
     "auth": {"token": "token", "token_file": "token_file"},
 }
 _TUPLES = ("extra_models", "allowed_transforms", "transforms")
+
+
+def parse_inference(value: str) -> tuple[str, str]:
+    """``local``, ``ray`` or ``ray=ADDRESS`` (the ``--inference`` flag) -> (engine, address).
+
+    Raises:
+        ValueError: anything else.
+    """
+    engine, _, address = value.partition("=")
+    if engine not in INFERENCE_ENGINES or (address and engine != "ray") or ("=" in value and not address):
+        raise ValueError(f"expected local, ray or ray=ADDRESS, got {value!r}")
+    return engine, address
 
 
 def load_config(path: Path | None, **overrides: Any) -> ServerConfig:

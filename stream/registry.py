@@ -24,6 +24,7 @@ from avsentry.pipelines.recognizers import Manifest, SmoothableRecognizer, load_
 from avsentry.pipelines.types import ModelSpec
 from avsentry.stream.convert import ModelDefence
 from avsentry.stream.errors import InvalidRequest, clip
+from avsentry.stream.inference import PoolClient, RemoteDetector
 
 # Windows judged to measure a detector's cost: two consecutive windows of each of this many
 # synthetic streams (the second window of a stream reuses what the first computed, as in serving).
@@ -32,9 +33,10 @@ _COST_STREAMS = 8
 
 @dataclass(frozen=True, slots=True)
 class BuiltDetector:
-    """A detector and its measured wall time per window, in seconds."""
+    """A detector (in this process, or on the inference pool) and its measured wall time per
+    window, in seconds."""
 
-    detector: Detector
+    detector: Detector | RemoteDetector
     cost_s: float
 
 
@@ -54,6 +56,9 @@ class ModelRegistry:
         hop_ms: The default hop.
         parallel: Detector calls the server runs at once (its batch workers), for the cost.
         executor: Where every detector's codec work runs (default: the process-wide thread pool).
+        pool: Run detectors on this inference pool (:mod:`~avsentry.stream.inference`) instead
+            of in this process: no model is loaded here, and each detector's cost is measured
+            through the pool.
         on_cache: Called with ``"hit"``, ``"miss"`` or ``"evict"`` (metrics).
     """
 
@@ -70,9 +75,11 @@ class ModelRegistry:
         hop_ms: int = 500,
         parallel: int = 1,
         executor: Executor | None = None,
+        pool: PoolClient | None = None,
         on_cache: Callable[[str], None] | None = None,
     ) -> None:
         self.backend = backend
+        self.pool = pool
         self.device = device
         self.max_detectors = max_detectors
         self.parallel = parallel
@@ -117,6 +124,9 @@ class ModelRegistry:
         return self.manifests[name]
 
     def recognizer(self, name: str) -> SmoothableRecognizer:
+        """The named model, loaded on first use (not with an inference pool: it runs there)."""
+        if self.pool is not None:
+            raise RuntimeError("models run on the inference pool, not in this front end")
         with self._lock:
             if name not in self._recognizers:
                 self._recognizers[name] = load_recognizer(
@@ -147,7 +157,11 @@ class ModelRegistry:
             return found
         self._on_cache("miss")
         try:
-            det = Detector(self.recognizer(name), config, executor=self.executor)
+            det: Detector | RemoteDetector
+            if self.pool is not None:
+                det = RemoteDetector(self.pool, name, self.manifests[name].spec, config)
+            else:
+                det = Detector(self.recognizer(name), config, executor=self.executor)
         except ValueError as e:
             raise InvalidRequest(str(e)) from e
         built = BuiltDetector(det, measure_cost(det, parallel=self.parallel) if cost_s is None else cost_s)
@@ -164,7 +178,7 @@ class ModelRegistry:
         return self.detector(self.default, self.defences[self.default].detector, cost_s=cost_s)
 
 
-def measure_cost(detector: Detector, *, parallel: int = 1) -> float:
+def measure_cost(detector: Detector | RemoteDetector, *, parallel: int = 1) -> float:
     """Wall seconds per window of ``detector`` in serving conditions: ``parallel`` workers (as the
     batcher runs them) each judging windows of several streams, each window reusing what its
     stream's previous window computed where the detector can. The throughput is ``1 / cost``.
@@ -172,7 +186,7 @@ def measure_cost(detector: Detector, *, parallel: int = 1) -> float:
     The input looks like what the model is served (see :func:`synthetic_stream`), so codecs work
     as hard as in service. The best of two runs is kept.
     """
-    spec = detector.recognizer.spec
+    spec = detector.spec
     window = spec.window_shape[0]
     hop = max(1, window // 2)
     rng = np.random.default_rng(0)

@@ -58,6 +58,7 @@ from avsentry.stream.errors import (
     details_for,
     status_for,
 )
+from avsentry.stream.inference import PoolClient, connect
 from avsentry.stream.metrics import Metrics
 from avsentry.stream.offline import refuse_uncalibrated, uncalibrated_warning
 from avsentry.stream.policy import DefencePolicy
@@ -842,6 +843,7 @@ class RunningServer:
     metrics_port: int | None
     config: ServerConfig
     codec_pool: CodecProcessPool | None = None
+    inference_pool: PoolClient | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain, then stop.
@@ -865,6 +867,8 @@ class RunningServer:
         await self.batcher.stop()
         if self.codec_pool is not None:
             await asyncio.to_thread(self.codec_pool.shutdown, cancel_futures=True)
+        if self.inference_pool is not None:
+            await asyncio.to_thread(self.inference_pool.close)
         log.info("stopped", extra={"fields": {"open_calls": service.active}})
 
 
@@ -880,7 +884,13 @@ async def start_server(config: ServerConfig, *, registry: ModelRegistry | None =
 
         torch.set_num_threads(config.torch_threads)
     metrics = Metrics()
-    pool = None if config.codec_processes == 0 else CodecProcessPool(max(0, config.codec_processes) or None)
+    # with an inference pool, the codecs run on its replicas: this front end needs no workers
+    local = config.inference == "local"
+    pool = (
+        None
+        if config.codec_processes == 0 or not local
+        else CodecProcessPool(max(0, config.codec_processes) or None)
+    )
     try:
         return await _start(config, registry, metrics, pool)
     except BaseException:
@@ -929,10 +939,25 @@ async def _start(
         bind_error = None
     if port == 0:
         raise OSError(f"cannot listen on {config.target}: address in use or not available") from bind_error
+    inference = None
     try:
-        return await _serve_on(server, port, config, registry, metrics, pool)
+        if config.inference == "ray" and registry is None:
+            inference = await asyncio.to_thread(
+                connect,
+                config.ray_address or None,
+                app=config.pool_app,
+                models=(config.model, *config.extra_models),
+                backend=config.backend,
+                device=config.device,
+                replicas=config.pool_replicas,
+                timeout_s=config.pool_timeout_s,
+                retries=config.pool_retries,
+            )
+        return await _serve_on(server, port, config, registry, metrics, pool, inference)
     except BaseException:
         await server.stop(None)  # releases the port
+        if inference is not None:
+            await asyncio.to_thread(inference.close)
         raise
 
 
@@ -943,6 +968,7 @@ async def _serve_on(
     registry: ModelRegistry | None,
     metrics: Metrics,
     pool: CodecProcessPool | None,
+    inference: PoolClient | None,
 ) -> RunningServer:
     deterministic = config.noise_seed >= 0
     seed = config.noise_seed if deterministic else secrets.randbits(62)
@@ -957,6 +983,7 @@ async def _serve_on(
         hop_ms=config.hop_ms,
         parallel=config.workers,
         executor=pool,
+        pool=inference,
         on_cache=lambda event: metrics.detector_cache.labels(event).inc(),
     )
     for name, defence in registry.defences.items():
@@ -980,8 +1007,11 @@ async def _serve_on(
                     }
                 },
             )
-    for name in registry.manifests:  # every model loads (and is probed) now, not on a client's call
-        await asyncio.to_thread(registry.recognizer, name)
+    if registry.pool is not None:  # the pool's replicas load the models: the same ones?
+        registry.pool.check_models(registry.manifests)
+    else:  # every model loads (and is probed) now, not on a client's call
+        for name in registry.manifests:
+            await asyncio.to_thread(registry.recognizer, name)
     built = await asyncio.to_thread(registry.warm_up, config.window_cost_ms / 1000 or None)
     metrics.detectors.set(registry.cached)
     batcher = Batcher(
@@ -1029,6 +1059,10 @@ async def _serve_on(
                 "address": f"{config.address}:{port}",
                 "models": ",".join(registry.manifests),
                 "window_cost_ms": round(built.cost_s * 1000, 2),
+                "inference": "in process"
+                if inference is None
+                else f"Ray Serve app {config.pool_app!r} at {config.ray_address or 'a local Ray instance'} "
+                f"(replica device {inference.description.get('device', '?')})",
                 "max_load": config.max_load,
                 "lock": config.lock,
                 "noise": f"fixed seed {config.noise_seed}"
@@ -1046,6 +1080,7 @@ async def _serve_on(
         metrics_port=metrics_port,
         config=config,
         codec_pool=pool,
+        inference_pool=inference,
     )
 
 

@@ -4,15 +4,18 @@
 #     installed with apt-get only when missing;
 #   - a virtual environment in .venv with the package installed in editable mode;
 #   - on a host where nvidia-smi sees a GPU, onnxruntime-gpu in place of onnxruntime.
-# Usage: tools/setup.sh [--dev]     (--dev adds pytest, ruff, mypy, grpcio-tools, IBM ART and ffmpeg)
+# Usage: tools/setup.sh [--dev] [--ray]   (--dev adds pytest, ruff, mypy, grpcio-tools, IBM ART, ffmpeg,
+#                                          Envoy and Ray Serve; --ray adds Ray Serve alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dev=0
+ray=0
 for arg in "$@"; do
   case "$arg" in
     --dev) dev=1 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    --ray) ray=1 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -50,8 +53,10 @@ fi
   || { echo "setup: Python >= 3.11 needed, $python is $("$python" -V 2>&1)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-extras="[train,eval]"
-[ "$dev" -eq 1 ] && extras="[train,eval,art,dev]"
+extras="train,eval"
+[ "$ray" -eq 1 ] && extras="$extras,ray"
+[ "$dev" -eq 1 ] && extras="train,eval,art,ray,dev"
+extras="[$extras]"
 .venv/bin/python -m pip install -q -e ".${extras}"
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   # Both wheels provide the module `onnxruntime`; the package depends on the CPU one, so on a GPU

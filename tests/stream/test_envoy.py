@@ -51,8 +51,8 @@ def _admin(admin: int, port: int, stat: str) -> str | None:
     return next((line[len(key) :] for line in text.splitlines() if line.startswith(key)), None)
 
 
-def test_a_stream_through_envoy_survives_its_front_end(tmp_path, digit_audio) -> None:
-    a, b, listen, admin = (_free_port() for _ in range(4))
+def envoy_config(tmp_path: Path, a: int, b: int, listen: int, admin: int) -> Path:
+    """deploy/envoy.yaml on these ports (front ends ``a`` and ``b``), health checked every second."""
     text = (ROOT / "deploy" / "envoy.yaml").read_text()
     for old, new in (
         ("8080", listen),
@@ -64,24 +64,46 @@ def test_a_stream_through_envoy_survives_its_front_end(tmp_path, digit_audio) ->
         text = text.replace(old, str(new))
     config = tmp_path / "envoy.yaml"
     config.write_text(text)
-    servers = {a: _serve(a), b: _serve(b)}
+    return config
+
+
+def start_envoy(config: Path, admin: int, ports: tuple[int, ...]) -> subprocess.Popen:
+    """Envoy on ``config``; returns once it sees every front end healthy."""
     envoy = subprocess.Popen(
         [ENVOY, "-c", str(config), "--log-level", "warning"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    t0 = time.monotonic()
+    while not all(_admin(admin, port, "health_flags") == "healthy" for port in ports):
+        if time.monotonic() - t0 > 30:
+            envoy.terminate()
+            envoy.wait(timeout=30)
+            raise AssertionError("envoy never saw the front ends healthy")
+        time.sleep(0.2)
+    return envoy
+
+
+def holder(admin: int, ports: tuple[int, ...]) -> int:
+    """The front end holding the one open stream: Envoy's count of its active requests."""
+    (port,) = [p for p in ports if _admin(admin, p, "rq_active") == "1"]
+    return port
+
+
+def test_a_stream_through_envoy_survives_its_front_end(tmp_path, digit_audio) -> None:
+    a, b, listen, admin = (_free_port() for _ in range(4))
+    config = envoy_config(tmp_path, a, b, listen, admin)
+    servers = {a: _serve(a), b: _serve(b)}
     try:
-        t0 = time.monotonic()
-        while not (
-            _admin(admin, a, "health_flags") == "healthy" and _admin(admin, b, "health_flags") == "healthy"
-        ):
-            assert time.monotonic() - t0 < 30, "envoy never saw both front ends healthy"
-            time.sleep(0.2)
+        envoy = start_envoy(config, admin, (a, b))
+    except BaseException:
+        for proc in servers.values():
+            _stop(proc)
+        raise
+    try:
         stream = SpeechStream(f"127.0.0.1:{listen}", digit_audio)
         stream.wait_for(4)
-        # the front end holding the stream: Envoy's count of its active requests
-        (holder,) = [port for port in (a, b) if _admin(admin, port, "rq_active") == "1"]
-        _stop(servers[holder], signal.SIGKILL)
+        _stop(servers[holder(admin, (a, b))], signal.SIGKILL)
         got = stream.finish()
         reference = stream.reference()
     finally:

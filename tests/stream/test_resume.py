@@ -64,7 +64,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(port: int) -> subprocess.Popen:
+def _serve(port: int, *extra: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """``avsentry serve`` on ``port`` (fixed noise seed), with ``extra`` flags; returns once it serves."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -79,9 +80,10 @@ def _serve(port: int) -> subprocess.Popen:
             "0",
             "--log-level",
             "warning",
+            *extra,
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         text=True,
     )
     assert proc.stdout is not None

@@ -1,0 +1,194 @@
+"""The Ray Serve inference pool on one machine, as an operator runs it from the README: a local
+Ray cluster (``ray start --head``), the pool deployed from ``deploy/ray-serve.yaml`` (two CPU
+replicas), front ends started with ``avsentry serve --inference ray=ADDRESS`` behind Envoy.
+
+- The pool's verdicts are the in-process detector's.
+- A batch whose replica is killed while it runs is sent again and answered by the other replica.
+- A real speech stream through Envoy keeps every window exactly once when the front end holding
+  it is killed and then a pool replica is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avsentry.pipelines.detection import Detector, DetectorConfig
+from avsentry.pipelines.recognizers import load_recognizer
+from avsentry.pipelines.smoothing import SmoothingConfig
+from avsentry.stream.inference import Batch, PoolClient, connect
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_envoy import envoy_config, holder, start_envoy  # noqa: E402
+from test_resume import SpeechStream, _free_port, _serve, _stop, assert_each_window_once  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+REPLICA = "ray::ServeReplica:avsentry:InferencePool"
+
+
+def _run(*cmd: str, timeout: float = 300) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stdout[-3000:]} {done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def pool_address():
+    """A local Ray cluster with the pool of deploy/ray-serve.yaml running; its GCS address.
+    Processes that join it by address (serve run, the front ends, this one) use the token that
+    `ray start` made (~/.ray/auth_token): RAY_AUTH_MODE=token."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_AUTH_MODE", "token")
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    try:
+        started = _run(
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=4",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        )
+        # how other nodes and drivers join, as `ray start` prints it (the host's node address)
+        found = re.search(r"--address='([^']+)'", started)
+        assert found, started
+        address = found.group(1)
+        _run(
+            str(BIN / "serve"),
+            "run",
+            "--non-blocking",
+            "--address",
+            address,
+            str(ROOT / "deploy/ray-serve.yaml"),
+        )
+        yield address
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def pool(pool_address):
+    """This test process's handle on the pool (it waits until the replicas run)."""
+    client = connect(pool_address, timeout_s=300)
+    try:
+        yield client
+    finally:
+        import ray
+
+        ray.shutdown()
+
+
+def _replicas() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", REPLICA], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _votes(verdicts) -> list:
+    """Each verdict's smoothing vote counts: the same noise gives the same votes."""
+    return [v.smoothed.counts.tolist() for v in verdicts]
+
+
+def _windows(digit_audio: np.ndarray, n: int) -> np.ndarray:
+    audio = np.tile(digit_audio, 1 + n * 8000 // len(digit_audio))
+    return np.stack([audio[k * 8000 : k * 8000 + 16000] for k in range(n)]).astype(np.float32)
+
+
+def test_the_pool_judges_as_the_in_process_detector(pool: PoolClient, digit_audio) -> None:
+    assert pool.description["models"].keys() >= {"digits", "actions"}
+    config = DetectorConfig(transforms=("mp3", "opus", "noise"), seed=3, threshold=1.0)
+    x = _windows(digit_audio, 6)
+    keys = tuple(range(100, 106))
+    judged = pool.call("judge", Batch(model="digits", config=config, windows=x, keys=keys))
+    assert judged.error is None
+    local = Detector(load_recognizer("digits", device="cpu"), config).analyze(x, keys=list(keys))
+    assert [v.raw_label for v in judged.verdicts] == [v.raw_label for v in local]
+    assert [v.flagged for v in judged.verdicts] == [v.flagged for v in local]
+    assert [v.score for v in judged.verdicts] == pytest.approx([v.score for v in local], abs=1e-5)
+    assert _votes(judged.verdicts) == _votes(local)
+    bad = pool.call("judge", Batch(model="digits", config=config, windows=x[:, :100], keys=keys))
+    assert bad.error is not None and "failed" in bad.error  # a bad batch fails alone, with a reason
+
+
+def test_a_batch_whose_replica_dies_is_answered_by_another(pool: PoolClient, digit_audio) -> None:
+    """A slow batch (n = 1024 noisy copies of 24 windows) is in flight; the replica working on it
+    (the one burning CPU) is SIGKILLed; the batch comes back from the other replica, equal to
+    what the in-process detector says."""
+    config = DetectorConfig(transforms=(), smoothing=SmoothingConfig(n=1024, n0=64), seed=5, threshold=1.0)
+    x = _windows(digit_audio, 24)
+    keys = tuple(range(24))
+    replicas = _replicas()
+    assert len(replicas) == 2, replicas
+    before = pool.retried
+    result: list = []
+    call = threading.Thread(
+        target=lambda: result.append(
+            pool.call("judge", Batch(model="digits", config=config, windows=x, keys=keys))
+        )
+    )
+    call.start()
+    busy = None
+    deadline = time.monotonic() + 60
+    while busy is None and time.monotonic() < deadline:
+        ticks = {p: _cpu_ticks(p) for p in replicas}
+        time.sleep(0.5)
+        spent = {p: _cpu_ticks(p) - t for p, t in ticks.items()}
+        top = max(spent, key=spent.__getitem__)
+        if spent[top] >= 30:  # 0.3 s of CPU in 0.5 s: it is judging the batch
+            busy = top
+    assert busy is not None, "no replica took the batch"
+    os.kill(busy, signal.SIGKILL)
+    call.join(timeout=300)
+    assert not call.is_alive()
+    (judged,) = result
+    assert pool.retried == before + 1
+    local = Detector(load_recognizer("digits", device="cpu"), config).analyze(x, keys=list(keys))
+    assert _votes(judged.verdicts) == _votes(local)
+    assert [v.score for v in judged.verdicts] == pytest.approx([v.score for v in local], abs=1e-5)
+
+
+def test_front_ends_behind_envoy_and_the_pool_lose_no_window(pool_address, tmp_path, digit_audio) -> None:
+    """Envoy, two front ends on the pool, a real speech stream (19 windows at 2x real time): the
+    front end holding it is SIGKILLed after 4 verdicts, a pool replica after 10. Every window
+    arrives once, equal to an unbroken stream's."""
+    a, b, listen, admin = (_free_port() for _ in range(4))
+    config = envoy_config(tmp_path, a, b, listen, admin)
+    servers = {port: _serve(port, "--inference", f"ray={pool_address}") for port in (a, b)}
+    try:
+        envoy = start_envoy(config, admin, (a, b))
+        try:
+            stream = SpeechStream(f"127.0.0.1:{listen}", digit_audio)
+            stream.wait_for(4)
+            _stop(servers[holder(admin, (a, b))], signal.SIGKILL)
+            stream.wait_for(10)
+            os.kill(_replicas()[0], signal.SIGKILL)
+            got = stream.finish()
+            reference = stream.reference()
+        finally:
+            envoy.terminate()
+            envoy.wait(timeout=30)
+    finally:
+        for proc in servers.values():
+            _stop(proc)
+    assert_each_window_once(got, reference)
