@@ -1025,6 +1025,36 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=positive_int, default=8, help="clips per detector batch (default: 8)")
     b.add_argument("--repeat", type=positive_int, default=3, help="timed repetitions (default: 3)")
     b = bsub.add_parser(
+        "replica",
+        help="windows/s of one inference-pool replica (serve --inference ray), e.g. on a GPU",
+        description="Time the work of one Ray Serve inference replica (avsentry.stream.pool) in "
+        "this process, without Ray: the replica's InferenceWorker judging batches of isolated "
+        "windows (the pool keeps no per-stream codec reuse), --concurrency calls at once as its "
+        "@serve.batch runs them, for each smoothing n, with the model's defence and with "
+        "smoothing alone. The figure sizes a pool: streams = replicas x windows/s x hop.",
+    )
+    b.add_argument("--model", default="digits", help="embedded name or manifest (default: digits)")
+    b.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="(default: torch)")
+    b.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    b.add_argument(
+        "--n", default="32,100", help="comma-separated smoothing copies per window (default: 32,100)"
+    )
+    b.add_argument("--batch", type=positive_int, default=64, help="windows per detector call (default: 64)")
+    b.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=2,
+        help="detector calls at once, as a replica runs them (default: 2)",
+    )
+    b.add_argument(
+        "--codec-processes",
+        type=int,
+        default=-1,
+        help="codec worker processes (default: -1, one per CPU; 0: threads)",
+    )
+    b.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default: 1)")
+    b.add_argument("--repeat", type=positive_int, default=3, help="timed repetitions (default: 3)")
+    b = bsub.add_parser(
         "stream", help="latency and capacity of a local server under concurrent real-time streams"
     )
     b.add_argument(
@@ -1259,6 +1289,10 @@ def _bench(args: argparse.Namespace) -> int:
         from avsentry.tools.bench import run_video_cli
 
         return run_video_cli(args)
+    if args.bench == "replica":
+        from avsentry.tools.bench import run_replica_cli
+
+        return run_replica_cli(args)
     if args.bench == "stream":
         from avsentry.stream.bench import bench_stream
 
