@@ -1290,7 +1290,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         return run_video_cli(args)
     if args.bench == "replica":
-        from avsentry.tools.bench import run_replica_cli
+        from avsentry.stream.bench import run_replica_cli
 
         return run_replica_cli(args)
     if args.bench == "stream":

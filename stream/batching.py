@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from avsentry.pipelines.detection import Detector, StreamState, WindowVerdict
+from avsentry.pipelines.detection import StreamState, WindowVerdict
 from avsentry.stream.errors import InternalError
+from avsentry.stream.inference import AnyDetector
 
 log = logging.getLogger("avsentry.batching")
 
@@ -44,7 +45,7 @@ class Job:
         request_id: For logs.
     """
 
-    detector: Detector
+    detector: AnyDetector
     window: np.ndarray
     key: int
     final: asyncio.Future
@@ -118,7 +119,7 @@ class Batcher:
 
     async def submit(
         self,
-        detector: Detector,
+        detector: AnyDetector,
         window: np.ndarray,
         key: int,
         *,

@@ -1,4 +1,5 @@
-"""``avsentry bench stream``: verdict latency and capacity under concurrent real-time streams.
+"""``avsentry bench stream``: verdict latency and capacity under concurrent real-time streams; and
+``avsentry bench replica``: windows/s of one inference-pool replica.
 
 Starts ``avsentry serve`` in a subprocess (its own interpreter, as in production; or uses the
 server at ``--target``), then for each stream count N runs N client streams at once (their starts
@@ -33,10 +34,14 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+import torch
 
 from avsentry.pipelines.audio_io import read_audio
+from avsentry.pipelines.detection import DetectorConfig, changed_smoothing
 from avsentry.pipelines.windowing import frame
 from avsentry.stream.client import GuardClient
+from avsentry.stream.inference import Batch, InferenceWorker
+from avsentry.stream.registry import synthetic_stream
 
 CHUNK_MS = 100
 RATE = 16_000
@@ -292,3 +297,100 @@ def _run_levels(args: argparse.Namespace, target: str, counts: list[int], *, sta
     if args.json:
         print(json.dumps({"rows": rows, "largest_realtime_streams": best}))
     return rows
+
+
+# -- avsentry bench replica -------------------------------------------------------------------
+
+
+def bench_replica(args: argparse.Namespace) -> list[str]:
+    """Windows/s of one inference-pool replica: the :class:`~avsentry.stream.inference.InferenceWorker`
+    a Ray Serve replica holds, judging batches of isolated windows (the pool keeps no stream
+    state) with ``--concurrency`` detector calls at once, as the replica's ``@serve.batch``
+    runs them. One line per smoothing ``n``, for the model's defence and for smoothing alone."""
+    lines: list[str] = []
+
+    def say(s: str) -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    ns = [int(x) for x in str(args.n).split(",") if x.strip()]
+    if not ns or min(ns) < 2:
+        raise ValueError("--n needs whole numbers >= 2, e.g. 32,100")
+    worker = InferenceWorker(
+        (args.model,),
+        backend=args.backend,
+        device=args.device,
+        codec_processes=args.codec_processes,
+        torch_threads=args.torch_threads,
+    )
+    try:
+        name = worker.registry.default
+        manifest = worker.registry.manifests[name]
+        spec = manifest.spec
+        rng = np.random.default_rng(0)
+        window = spec.window_shape[0]
+        windows = np.stack(
+            [synthetic_stream(spec, window, rng) for _ in range(args.batch * args.concurrency)]
+        )
+        device = worker.device
+        gpu = f" ({torch.cuda.get_device_name(torch.device(device))})" if device.startswith("cuda") else ""
+        codecs = "threads" if worker.pool is None else f"{worker.pool.processes} processes"
+        say(
+            f"# avsentry bench replica: {name} on {device}{gpu}, backend {args.backend}, torch threads "
+            f"{torch.get_num_threads()}, codecs in {codecs}; {args.concurrency} detector calls at once of "
+            f"{args.batch} isolated windows; best of {args.repeat}"
+        )
+        base, _ = DetectorConfig.from_card(manifest.detector)
+        for n in ns:
+            default = changed_smoothing(base.smoothing)
+            sm = changed_smoothing(default, n=n, n0=min(default.n0, n // 2))
+            for label, transforms in (
+                ("+".join(t.split(":")[0] for t in base.transforms) + " + smoothing", base.transforms),
+                ("smoothing alone", ()),
+            ):
+                config = DetectorConfig(
+                    transforms=transforms,
+                    smoothing=sm,
+                    seed=0,
+                    threshold=base.threshold,
+                    scoring=base.scoring,
+                )
+                per_s = _replica_rate(worker, name, config, windows, args)
+                hop_s = spec.window_s / 2
+                say(
+                    f"n={n:<4d} {label:<40s} {per_s:9.1f} windows/s -> {per_s * hop_s:7.1f} real-time "
+                    f"streams at a {hop_s:g} s hop"
+                )
+    finally:
+        worker.close()
+    return lines
+
+
+def _replica_rate(
+    worker: InferenceWorker, name: str, config: DetectorConfig, windows: np.ndarray, args: argparse.Namespace
+) -> float:
+    parts = np.array_split(windows, args.concurrency)
+
+    def call(k: int) -> None:
+        x = parts[k]
+        (judged,) = worker.judge([Batch(model=name, config=config, windows=x, keys=tuple(range(len(x))))])
+        if judged.error:
+            raise RuntimeError(judged.error)
+
+    def once() -> float:
+        threads = [threading.Thread(target=call, args=(k,)) for k in range(args.concurrency)]
+        t0 = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return time.perf_counter() - t0
+
+    once()  # warm-up: detector built, kernels and codec workers ready
+    return len(windows) / min(once() for _ in range(args.repeat))
+
+
+def run_replica_cli(args: argparse.Namespace) -> int:
+    """``avsentry bench replica``."""
+    bench_replica(args)
+    return 0

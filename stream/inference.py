@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from avsentry.pipelines.detection import DetectorConfig, StreamState, WindowVerdict
+from avsentry.pipelines.detection import Detector, DetectorConfig, StreamState, WindowVerdict
 from avsentry.pipelines.recognizers import Manifest
 from avsentry.pipelines.transforms import transform_for_input
 from avsentry.pipelines.types import ModelSpec
@@ -394,7 +394,8 @@ def connect(
     if not ray.is_initialized():
         try:
             ray.init(
-                address=address,
+                # "local": a new instance, never a cluster `ray start` left running here
+                address=address or "local",
                 log_to_driver=False,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
@@ -441,3 +442,6 @@ def _wait_running(serve: Any, app: str, timeout_s: float) -> None:
             detail = f"status {state}: {status.message}" if status is not None else "not deployed"
             raise PoolUnavailable(detail)
         time.sleep(0.5)
+
+
+AnyDetector = Detector | RemoteDetector  # what the batcher runs: in this process, or on the pool

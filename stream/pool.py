@@ -68,9 +68,9 @@ class InferencePool:
             codec_processes=codec_processes,
             torch_threads=torch_threads,
         )
-        for method in (self.judge, self.raw):
-            method.set_max_batch_size(max_batch_size)
-            method.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        for method in (self.judge, self.raw):  # what @serve.batch adds to a method
+            method.set_max_batch_size(max_batch_size)  # type: ignore[union-attr]
+            method.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[union-attr]
 
     def describe(self, _: object = None) -> dict[str, Any]:
         return self.worker.describe()
@@ -108,7 +108,10 @@ def build(args: dict[str, Any]) -> serve.Application:
     actor: dict[str, Any] = {"num_cpus": float(a["num_cpus"])}
     if float(a["num_gpus"]):
         actor["num_gpus"] = float(a["num_gpus"])
-    deployment = InferencePool.options(num_replicas=int(a["num_replicas"]), ray_actor_options=actor)
+    # @serve.deployment made the class a Deployment
+    deployment = InferencePool.options(  # type: ignore[attr-defined]
+        num_replicas=int(a["num_replicas"]), ray_actor_options=actor
+    )
     return deployment.bind(
         list(models),
         str(a["backend"]),

@@ -24,7 +24,7 @@ from avsentry.pipelines.recognizers import Manifest, SmoothableRecognizer, load_
 from avsentry.pipelines.types import ModelSpec
 from avsentry.stream.convert import ModelDefence
 from avsentry.stream.errors import InvalidRequest, clip
-from avsentry.stream.inference import PoolClient, RemoteDetector
+from avsentry.stream.inference import AnyDetector, PoolClient, RemoteDetector
 
 # Windows judged to measure a detector's cost: two consecutive windows of each of this many
 # synthetic streams (the second window of a stream reuses what the first computed, as in serving).
@@ -36,7 +36,7 @@ class BuiltDetector:
     """A detector (in this process, or on the inference pool) and its measured wall time per
     window, in seconds."""
 
-    detector: Detector | RemoteDetector
+    detector: AnyDetector
     cost_s: float
 
 
@@ -157,7 +157,7 @@ class ModelRegistry:
             return found
         self._on_cache("miss")
         try:
-            det: Detector | RemoteDetector
+            det: AnyDetector
             if self.pool is not None:
                 det = RemoteDetector(self.pool, name, self.manifests[name].spec, config)
             else:
@@ -178,7 +178,7 @@ class ModelRegistry:
         return self.detector(self.default, self.defences[self.default].detector, cost_s=cost_s)
 
 
-def measure_cost(detector: Detector | RemoteDetector, *, parallel: int = 1) -> float:
+def measure_cost(detector: AnyDetector, *, parallel: int = 1) -> float:
     """Wall seconds per window of ``detector`` in serving conditions: ``parallel`` workers (as the
     batcher runs them) each judging windows of several streams, each window reusing what its
     stream's previous window computed where the detector can. The throughput is ``1 / cost``.

@@ -37,7 +37,6 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from avsentry.pipelines.audio_io import AudioFile, AudioLimits, AudioTooLong
-from avsentry.pipelines.detection import Detector
 from avsentry.pipelines.report import VerdictRecord, from_verdict, window_fields
 from avsentry.pipelines.session import Session, StreamTooLong, Window, open_session
 from avsentry.pipelines.transforms import CodecProcessPool
@@ -58,7 +57,7 @@ from avsentry.stream.errors import (
     details_for,
     status_for,
 )
-from avsentry.stream.inference import PoolClient, connect
+from avsentry.stream.inference import AnyDetector, PoolClient, connect
 from avsentry.stream.metrics import Metrics
 from avsentry.stream.offline import refuse_uncalibrated, uncalibrated_warning
 from avsentry.stream.policy import DefencePolicy
@@ -177,7 +176,9 @@ class _Feeder:
     salt, and at most ``in_flight`` windows queued or being judged (released by the caller once a
     window's verdict is delivered)."""
 
-    def __init__(self, service: GuardService, detector: Detector, settings: convert.StreamSettings) -> None:
+    def __init__(
+        self, service: GuardService, detector: AnyDetector, settings: convert.StreamSettings
+    ) -> None:
         self.service = service
         self.detector = detector
         self.settings = settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,11 @@ from avsentry.pipelines.audio_io import read_audio
 from avsentry.stream.client import GuardClient
 from avsentry.stream.commands import local_server
 from avsentry.stream.config import ServerConfig
+
+# Ray clusters that `ray start` makes here require its token (~/.ray/auth_token); processes that
+# join one by address (the Ray pool tests, their front ends) must say they use it. Ray reads
+# this when it is first imported, so it is set before any test module imports ray.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 @pytest.fixture(scope="session")

@@ -47,10 +47,7 @@ def _run(*cmd: str, timeout: float = 300) -> str:
 @pytest.fixture(scope="module")
 def pool_address():
     """A local Ray cluster with the pool of deploy/ray-serve.yaml running; its GCS address.
-    Processes that join it by address (serve run, the front ends, this one) use the token that
-    `ray start` made (~/.ray/auth_token): RAY_AUTH_MODE=token."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_AUTH_MODE", "token")
+    Processes that join it by address use its token (RAY_AUTH_MODE=token, set in conftest)."""
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     try:
@@ -80,7 +77,6 @@ def pool_address():
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
-        mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +188,28 @@ def test_front_ends_behind_envoy_and_the_pool_lose_no_window(pool_address, tmp_p
         for proc in servers.values():
             _stop(proc)
     assert_each_window_once(got, reference)
+
+
+def test_serve_starts_its_own_ray_instance_and_judges_as_in_process(digit_audio, chunks_of) -> None:
+    """``avsentry serve --inference ray``: a local Ray instance of its own with the pool in it;
+    the verdicts of a real speech stream equal an in-process server's."""
+    from avsentry.stream.client import GuardClient
+
+    local, pooled = _free_port(), _free_port()
+    servers = [_serve(local), _serve(pooled, "--inference", "ray")]
+    try:
+        got = {}
+        for port in (local, pooled):
+            with GuardClient(f"127.0.0.1:{port}", timeout_s=120) as client:
+                got[port] = list(
+                    client.stream(chunks_of(digit_audio), sample_rate_hz=16000, encoding="float32")
+                )
+    finally:
+        for proc in servers:
+            _stop(proc)
+    assert servers[1].returncode == 0  # drained, and its Ray instance shut down
+    assert len(got[local]) >= 2
+    assert [(v.start_sample, v.raw_label, v.flagged) for v in got[pooled]] == [
+        (v.start_sample, v.raw_label, v.flagged) for v in got[local]
+    ]
+    assert [v.score for v in got[pooled]] == pytest.approx([v.score for v in got[local]], abs=1e-5)
