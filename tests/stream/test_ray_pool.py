@@ -4,8 +4,9 @@ replicas), front ends started with ``avsentry serve --inference ray=ADDRESS`` be
 
 - The pool's verdicts are the in-process detector's.
 - A batch whose replica is killed while it runs is sent again and answered by the other replica.
-- A real speech stream through Envoy keeps every window exactly once when the front end holding
-  it is killed and then a pool replica is killed.
+- Real speech streams through Envoy keep every window exactly once when a front end holding one
+  is killed and then a pool replica is killed.
+- ``avsentry serve --inference ray`` starts a Ray instance of its own and judges as in process.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import numpy as np
 import pytest
 
 from avsentry.pipelines.detection import Detector, DetectorConfig
-from avsentry.pipelines.recognizers import load_recognizer
+from avsentry.pipelines.recognizers import load_recognizer, read_manifest
 from avsentry.pipelines.smoothing import SmoothingConfig
-from avsentry.stream.inference import Batch, PoolClient, connect
+from avsentry.stream.inference import Batch, PoolClient, RemoteDetector, connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_envoy import envoy_config, holder, start_envoy  # noqa: E402
+from test_envoy import _admin, envoy_config, start_envoy  # noqa: E402
 from test_resume import SpeechStream, _free_port, _serve, _stop, assert_each_window_once  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,6 +124,13 @@ def test_the_pool_judges_as_the_in_process_detector(pool: PoolClient, digit_audi
     assert [v.flagged for v in judged.verdicts] == [v.flagged for v in local]
     assert [v.score for v in judged.verdicts] == pytest.approx([v.score for v in local], abs=1e-5)
     assert _votes(judged.verdicts) == _votes(local)
+    # as the batcher calls it: the pool's detector, with the raw softmax early (interim verdicts)
+    remote = RemoteDetector(pool, "digits", read_manifest("digits").spec, config)
+    early: list = []
+    verdicts = remote.analyze(x, keys=list(keys), on_raw=early.append)
+    assert [v.score for v in verdicts] == pytest.approx([v.score for v in local], abs=1e-5)
+    (raw,) = early
+    assert raw == pytest.approx(np.stack([v.raw_probs for v in local]), abs=1e-5)
     bad = pool.call("judge", Batch(model="digits", config=config, windows=x[:, :100], keys=keys))
     assert bad.error is not None and "failed" in bad.error  # a bad batch fails alone, with a reason
 
@@ -165,29 +173,33 @@ def test_a_batch_whose_replica_dies_is_answered_by_another(pool: PoolClient, dig
 
 
 def test_front_ends_behind_envoy_and_the_pool_lose_no_window(pool_address, tmp_path, digit_audio) -> None:
-    """Envoy, two front ends on the pool, a real speech stream (19 windows at 2x real time): the
-    front end holding it is SIGKILLed after 4 verdicts, a pool replica after 10. Every window
-    arrives once, equal to an unbroken stream's."""
+    """Envoy, two front ends on the pool, two real speech streams (19 windows each, at 2x real
+    time): a front end holding one is SIGKILLed after 4 verdicts of each, then a pool replica
+    after 10. Every window of every stream arrives once, equal to an unbroken stream's."""
     a, b, listen, admin = (_free_port() for _ in range(4))
     config = envoy_config(tmp_path, a, b, listen, admin)
     servers = {port: _serve(port, "--inference", f"ray={pool_address}") for port in (a, b)}
     try:
         envoy = start_envoy(config, admin, (a, b))
         try:
-            stream = SpeechStream(f"127.0.0.1:{listen}", digit_audio)
-            stream.wait_for(4)
-            _stop(servers[holder(admin, (a, b))], signal.SIGKILL)
-            stream.wait_for(10)
+            streams = [SpeechStream(f"127.0.0.1:{listen}", digit_audio) for _ in range(2)]
+            for stream in streams:
+                stream.wait_for(4)
+            busiest = max((a, b), key=lambda port: int(_admin(admin, port, "rq_active") or 0))
+            _stop(servers[busiest], signal.SIGKILL)
+            for stream in streams:
+                stream.wait_for(10)
             os.kill(_replicas()[0], signal.SIGKILL)
-            got = stream.finish()
-            reference = stream.reference()
+            got = [stream.finish() for stream in streams]
+            reference = streams[0].reference()  # the same speech, the same noise keys
         finally:
             envoy.terminate()
             envoy.wait(timeout=30)
     finally:
         for proc in servers.values():
             _stop(proc)
-    assert_each_window_once(got, reference)
+    for windows in got:
+        assert_each_window_once(windows, reference)
 
 
 def test_serve_starts_its_own_ray_instance_and_judges_as_in_process(digit_audio, chunks_of) -> None:
