@@ -373,6 +373,26 @@ def _digest(samples: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(samples).data, digest_size=16).digest()
 
 
+def checked_windows(
+    spec: ModelSpec, windows: np.ndarray, keys: Sequence[int] | None
+) -> tuple[np.ndarray, list[int]]:
+    """``windows`` as float32 and their noise keys (default ``0..batch-1``).
+
+    Raises:
+        ValueError: windows of another shape than the model's, NaN or Inf samples, or not one
+            key per window.
+    """
+    x = np.asarray(windows, dtype=np.float32)
+    if x.shape[1:] != spec.window_shape:
+        raise ValueError(f"expected (batch, {', '.join(map(str, spec.window_shape))}) windows, got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("windows contain NaN or Inf")
+    keys = list(range(len(x))) if keys is None else [int(k) for k in keys]
+    if len(keys) != len(x):
+        raise ValueError("keys must have one entry per window")
+    return x, keys
+
+
 class Detector:
     """Runs raw, transformed and smoothed predictions on batches of windows.
 
@@ -466,15 +486,7 @@ class Detector:
             ValueError: Wrong shape, NaN or Inf samples, or ``keys``/``starts``/``states`` of
                 the wrong length or from another detector.
         """
-        x = np.asarray(windows, dtype=np.float32)
-        shape = self.recognizer.spec.window_shape
-        if x.shape[1:] != shape:
-            raise ValueError(f"expected (batch, {', '.join(map(str, shape))}) windows, got {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError("windows contain NaN or Inf")
-        keys = list(range(len(x))) if keys is None else [int(k) for k in keys]
-        if len(keys) != len(x):
-            raise ValueError("keys must have one entry per window")
+        x, keys = checked_windows(self.spec, windows, keys)
         if states is not None:
             if starts is None:
                 raise ValueError("states need starts: each window's first sample in its stream")

@@ -44,7 +44,7 @@ Example ``server.toml`` (every key optional; these are the defaults)::
                                # Serve inference pool (avsentry.stream.pool; the ray extra)
     address = ""               # ray: "" starts a local Ray instance and deploys the pool in it;
                                # else a cluster ("auto", "HOST:6379", "ray://HOST:10001") where
-                               # the pool app already runs (serve deploy deploy/ray-serve.yaml)
+                               # the pool app already runs (serve run --non-blocking deploy/ray-serve.yaml)
     app = "avsentry"           # the pool's Serve application name
     replicas = 1               # pool replicas of a local Ray instance this server starts
     timeout_s = 60             # longest wait for one batch's verdicts

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from avsentry.pipelines.detection import Detector, DetectorConfig, StreamState, WindowVerdict
+from avsentry.pipelines.detection import Detector, DetectorConfig, StreamState, WindowVerdict, checked_windows
 from avsentry.pipelines.recognizers import Manifest
 from avsentry.pipelines.transforms import transform_for_input
 from avsentry.pipelines.types import ModelSpec
@@ -330,16 +330,7 @@ class RemoteDetector:
             RuntimeError: the pool's detector failed on the batch.
             PoolUnavailable, TimeoutError: see :meth:`PoolClient.call`.
         """
-        x = np.ascontiguousarray(windows, dtype=np.float32)
-        if x.shape[1:] != self.spec.window_shape:
-            raise ValueError(
-                f"expected (batch, {', '.join(map(str, self.spec.window_shape))}) windows, got {x.shape}"
-            )
-        if not np.isfinite(x).all():
-            raise ValueError("windows contain NaN or Inf")
-        keys = list(range(len(x))) if keys is None else [int(k) for k in keys]
-        if len(keys) != len(x):
-            raise ValueError("keys must have one entry per window")
+        x, keys = checked_windows(self.spec, windows, keys)
         if len(x) == 0:
             return []
         batch = Batch(model=self.model, config=self.config, windows=x, keys=tuple(keys))
@@ -378,7 +369,7 @@ def connect(
     (``replicas`` CPU replicas serving ``models`` on ``backend``/``device``): one machine, no
     operator. Otherwise ``address`` is anything ``ray.init`` takes (``auto``, ``HOST:PORT``,
     ``ray://HOST:10001``) and the Serve application ``app`` must already run there
-    (``serve deploy deploy/ray-serve.yaml``). Blocking.
+    (``serve run --non-blocking deploy/ray-serve.yaml``). Blocking.
 
     Raises:
         PoolUnavailable: Ray is not installed, the cluster or the application is not there.
@@ -406,11 +397,17 @@ def connect(
     if started:
         from avsentry.stream.pool import build
 
-        serve.run(
-            build({"models": list(models), "backend": backend, "device": device, "num_replicas": replicas}),
-            name=app,
-            route_prefix=None,
-        )
+        try:
+            serve.run(
+                build(
+                    {"models": list(models), "backend": backend, "device": device, "num_replicas": replicas}
+                ),
+                name=app,
+                route_prefix=None,
+            )
+        except Exception as e:  # noqa: BLE001 - Serve's deploy errors; the instance is ours to end
+            ray.shutdown()
+            raise PoolUnavailable(f"the inference pool did not start: {e}") from e
     try:
         _wait_running(serve, app, timeout_s)
         handle = serve.get_app_handle(app)
@@ -418,8 +415,8 @@ def connect(
         if started:
             ray.shutdown()
         raise PoolUnavailable(
-            f"no Serve application {app!r} on the Ray cluster at {address}: deploy the pool first "
-            f"(serve deploy deploy/ray-serve.yaml): {e}"
+            f"no running Serve application {app!r} on the Ray cluster at {address}: deploy the pool "
+            f"first (serve run --non-blocking deploy/ray-serve.yaml): {e}"
         ) from e
     client = PoolClient(handle, timeout_s=timeout_s, retries=retries, started_cluster=started)
     try:
@@ -432,13 +429,16 @@ def connect(
 
 def _wait_running(serve: Any, app: str, timeout_s: float) -> None:
     """Wait until the application runs (a pool just deployed still starts its replicas)."""
-    deadline = time.monotonic() + timeout_s
+    start = time.monotonic()
     while True:
         status = serve.status().applications.get(app)
         state = getattr(getattr(status, "status", None), "value", None)
         if state == "RUNNING":
             return
-        if state in ("DEPLOY_FAILED", "UNHEALTHY") or time.monotonic() > deadline:
+        # an app that is deploying gets timeout_s; one that is not there, a few seconds (a
+        # `serve run --non-blocking` just issued takes a moment to show)
+        patience = timeout_s if status is not None else min(timeout_s, 10.0)
+        if state in ("DEPLOY_FAILED", "UNHEALTHY") or time.monotonic() - start > patience:
             detail = f"status {state}: {status.message}" if status is not None else "not deployed"
             raise PoolUnavailable(detail)
         time.sleep(0.5)

@@ -12,7 +12,7 @@ Run it::
 
     serve run avsentry.stream.pool:app                        # one CPU replica, digits model
     serve run avsentry.stream.pool:build models=digits,actions num_replicas=2
-    serve deploy deploy/ray-serve.yaml                        # onto a running cluster
+    serve run --non-blocking deploy/ray-serve.yaml            # onto a running cluster
 
 ``build`` takes (all optional): ``models`` (comma-separated names or manifest paths; default
 ``digits,actions``), ``backend`` (torch), ``device`` (auto), ``num_replicas`` (1; ignored when the

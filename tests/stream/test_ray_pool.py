@@ -202,6 +202,23 @@ def test_front_ends_behind_envoy_and_the_pool_lose_no_window(pool_address, tmp_p
         assert_each_window_once(windows, reference)
 
 
+def test_a_front_end_refuses_a_pool_that_is_not_there(pool_address, tmp_path) -> None:
+    """``[inference]`` naming an application the cluster does not run: ``serve`` stops at once
+    with one line saying what to deploy, before it listens."""
+    config = tmp_path / "server.toml"
+    config.write_text(f'[inference]\nengine = "ray"\naddress = "{pool_address}"\napp = "nope"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "avsentry", "serve", "--config", str(config), "--port", str(_free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("avsentry serve: error: no running Serve application 'nope'"), done.stderr[-2000:]
+    assert "serve run --non-blocking deploy/ray-serve.yaml" in last
+
+
 def test_serve_starts_its_own_ray_instance_and_judges_as_in_process(digit_audio, chunks_of) -> None:
     """``avsentry serve --inference ray``: a local Ray instance of its own with the pool in it;
     the verdicts of a real speech stream equal an in-process server's."""
