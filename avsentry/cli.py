@@ -742,6 +742,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of training windows that get the waveform noise (default: 0.5)",
     )
     g.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=None,
+        help="consistency regularization (Jeong & Shin 2020): weight of the KL divergence between "
+        "the model's prediction on each raw window, on noisy waveform_rms copies of it (sigma up to "
+        "--waveform-noise-sigma) and their mean; it makes the raw label agree with the smoothed "
+        "one, which lowers certified detection's clean flag rate (default: 0, off)",
+    )
+    g.add_argument(
+        "--agc-rms",
+        type=float,
+        default=None,
+        metavar="RMS",
+        help="automatic gain control in the model: each window scaled to this RMS before its "
+        "spectrogram (0.05 is -26 dBFS, the level waveform_rms smoothing plays its copies at), so "
+        "the raw label does not depend on loudness and agrees with the smoothed one; weights "
+        "from --init of a model without it carry over (default: none, as v3)",
+    )
+    g.add_argument(
         "--init",
         type=Path,
         default=None,

@@ -36,10 +36,17 @@ class DigitNetConfig:
     channels: tuple[int, ...] = (64, 64, 96, 128)
     kernel_size: int = 5
     dropout: float = 0.1
+    # Automatic gain control: each window is scaled to this RMS before the spectrogram (windows
+    # quieter than AGC_FLOOR are scaled by agc_rms / AGC_FLOOR), so the label does not depend on
+    # loudness: the raw window and the level-normalized copies that waveform_rms smoothing plays
+    # are heard alike. None: no AGC (models before v4).
+    agc_rms: float | None = None
 
     def __post_init__(self) -> None:
         if self.n_classes < 2:
             raise ValueError("n_classes must be >= 2")
+        if self.agc_rms is not None and not 0 < self.agc_rms <= 1:
+            raise ValueError("agc_rms must be in (0, 1]")
         if len(self.channels) < 2:
             raise ValueError("channels needs a stem width and at least one block")
         if self.kernel_size % 2 == 0:
@@ -51,10 +58,21 @@ class DigitNetConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> DigitNetConfig:
+    def from_dict(cls, d: dict) -> DigitNetConfig:  # cards before v4 have no agc_rms
         d = dict(d)
         d["channels"] = tuple(d["channels"])
         return cls(**d)
+
+
+# The AGC's floor: about -60 dBFS, so digital silence is not blown up into full-scale noise.
+AGC_FLOOR = 1e-3
+
+
+def gain_normalize(wave: torch.Tensor, rms: float, floor: float = AGC_FLOOR) -> torch.Tensor:
+    """``(batch, samples)`` -> each window scaled to RMS ``rms`` (by ``rms / floor`` when it is
+    quieter than ``floor``)."""
+    level = wave.pow(2).mean(dim=-1, keepdim=True).sqrt()
+    return wave * (rms / level.clamp_min(floor))
 
 
 class _Residual1d(nn.Module):
@@ -126,7 +144,11 @@ class DigitNet(nn.Module):
         gradient of 0 there instead of the NaN of ``abs`` on a complex zero, which would poison
         a white-box attack's whole clip. Without a gradient (inference, ONNX export) it is the
         plain spectrogram.
+
+        With ``config.agc_rms`` the window is first scaled to that RMS (:func:`gain_normalize`).
         """
+        if self.config.agc_rms is not None:
+            wave = gain_normalize(wave, self.config.agc_rms)
         if not (torch.is_grad_enabled() and wave.requires_grad):
             return self.spectrogram(wave)
         s = self.spectrogram

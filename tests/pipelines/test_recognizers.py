@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from avsentry.pipelines.recognizers import Recognizer, load_recognizer, read_manifest
-from avsentry.pipelines.recognizers.digitnet import REPRESENTATIONS
+from avsentry.pipelines.recognizers.digitnet import REPRESENTATIONS, DigitNet, DigitNetConfig
 from avsentry.tools import synth
 
 
@@ -192,3 +192,28 @@ def test_gradients_stay_finite_where_the_spectrum_underflows() -> None:
     assert torch.isfinite(grad).all()
     with torch.no_grad():
         torch.testing.assert_close(with_grad.detach(), rec.logits(x.detach()), rtol=0, atol=1e-4)
+
+
+def test_agc_makes_the_label_independent_of_loudness(heldout_speech) -> None:
+    """DigitNet's automatic gain control (``agc_rms``): the same weights give the same logits for
+    a window at any level above the AGC floor, and without it they do not; a v3-style config
+    (no ``agc_rms`` key) still loads."""
+    m = read_manifest("digits")
+    stored = dict(m.extra["config"])
+    weights = torch.load(m.path_for("torch"), map_location="cpu", weights_only=True)
+    nets = {}
+    for agc in (0.05, None):
+        net = DigitNet(DigitNetConfig.from_dict({**stored, "agc_rms": agc}))
+        net.load_state_dict(weights)
+        nets[agc] = net.eval()
+    stored.pop("agc_rms", None)
+    assert DigitNetConfig.from_dict(stored).agc_rms is None
+    x = torch.tensor(heldout_speech["x"][:24])
+    x = x * (0.02 / x.pow(2).mean(1, keepdim=True).sqrt())  # every window at RMS 0.02
+    with torch.no_grad():
+        for agc, net in nets.items():
+            quiet, loud = net(x * 0.25), net(x * 4.0)
+            if agc is None:
+                assert (quiet - loud).abs().max() > 0.5
+            else:
+                torch.testing.assert_close(quiet, loud, atol=2e-4, rtol=1e-4)

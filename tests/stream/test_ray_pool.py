@@ -48,24 +48,32 @@ def _run(*cmd: str, timeout: float = 300) -> str:
 @pytest.fixture(scope="module")
 def pool_address():
     """A local Ray cluster with the pool of deploy/ray-serve.yaml running; its GCS address.
-    Processes that join it by address use its token (RAY_AUTH_MODE=token, set in conftest)."""
+    Processes that join it by address use its token (RAY_AUTH_MODE=token, set in conftest).
+
+    The head runs as ``ray start --head --block`` in a process group of its own, and teardown
+    ends that group only: never ``ray stop``, which stops every Ray cluster on the machine."""
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
-    try:
-        started = _run(
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            f"--port={port}",
-            "--num-cpus=4",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir={temp}",
+    log = Path(tempfile.mkstemp(prefix="ray-head-", suffix=".log")[1])
+    with log.open("w") as out:
+        head = subprocess.Popen(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--block",
+                f"--port={port}",
+                "--num-cpus=4",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                f"--temp-dir={temp}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        # how other nodes and drivers join, as `ray start` prints it (the host's node address)
-        found = re.search(r"--address='([^']+)'", started)
-        assert found, started
-        address = found.group(1)
+    try:
+        address = _head_address(head, log)
         _run(
             str(BIN / "serve"),
             "run",
@@ -76,8 +84,31 @@ def pool_address():
         )
         yield address
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        head.terminate()  # the head's own shutdown ends its raylet, GCS and workers
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # whatever of this cluster outlived its head
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        head.wait()
         shutil.rmtree(temp, ignore_errors=True)
+        log.unlink(missing_ok=True)
+
+
+def _head_address(head: subprocess.Popen, log: Path, timeout: float = 180) -> str:
+    """How other nodes and drivers join the cluster, as ``ray start`` prints it once the head
+    runs (the host's node address)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"--address='([^']+)'", log.read_text())
+        if found:
+            return found.group(1)
+        assert head.poll() is None, f"ray start exited with {head.returncode}: {log.read_text()[-3000:]}"
+        time.sleep(0.5)
+    raise AssertionError(f"ray start printed no address in {timeout:.0f} s: {log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
