@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from scipy.stats import beta, binomtest, norm
 
+from avsentry.pipelines.levels import LEVEL_FLOOR, gain_normalize
 from avsentry.pipelines.recognizers.base import SmoothableRecognizer
 from avsentry.pipelines.types import Abstain, Certified, Prediction
 
@@ -36,7 +37,7 @@ WAVEFORM_RMS = "waveform_rms"
 # waveform_rms: windows quieter than this RMS are scaled by 1 / RMS_FLOOR instead of 1 / RMS (so
 # silence is not blown up into full-scale noise); noisy copies are scaled to RMS_LEVEL (about the
 # level of the training speech, -26 dBFS) before the model, a fixed gain the certificate survives.
-RMS_FLOOR = 1e-3
+RMS_FLOOR = LEVEL_FLOOR
 RMS_LEVEL = 0.05
 
 
@@ -48,11 +49,9 @@ def offered_representations(model: SmoothableRecognizer) -> tuple[str, ...]:
 
 def rms_normalize(x: torch.Tensor) -> torch.Tensor:
     """``(batch, samples)`` -> each window divided by ``max(RMS, RMS_FLOOR)`` (the ``waveform_rms``
-    representation). The map is ``P(x) / RMS_FLOOR`` with ``P`` the projection onto the ball of
-    radius ``RMS_FLOOR * sqrt(samples)``, so it is continuous and never amplifies noise more than
-    ``1 / RMS_FLOOR``."""
-    rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
-    return x / rms.clamp_min(RMS_FLOOR)
+    representation; :func:`avsentry.pipelines.levels.gain_normalize` to RMS 1, the map a
+    recognizer's automatic gain control uses)."""
+    return gain_normalize(x, 1.0, RMS_FLOOR)
 
 
 def encode(model: SmoothableRecognizer, x: torch.Tensor, representation: str) -> torch.Tensor:

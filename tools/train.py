@@ -1,6 +1,7 @@
 """Training of the default spoken-digit recognizer (``avsentry train``).
 
-Reproduces ``pipelines/models/digits`` (model v3): builds the corpus (:mod:`tools.synth`:
+Reproduces the digit recognizer (from scratch, model v3; the embedded model's card lists, under
+``lineage``, the fine-tunes from v3 that made it): builds the corpus (:mod:`tools.synth`:
 synthetic voices, the neural Piper voice, real recordings of people from :mod:`tools.realspeech`)
 if absent, trains :class:`~pipelines.recognizers.digitnet.DigitNet` with class- and
 engine-balanced batches and heavy augmentation (:mod:`tools.augment`: connected speech, rooms,
@@ -653,6 +654,47 @@ def robust_recipe(cfg: TrainConfig) -> str:
     return "".join(", " + p for p in parts)
 
 
+def lineage(init: str | Path | None) -> list[dict]:
+    """The training stages behind the weights ``init``, oldest first, read from the model card
+    next to them (``card.json``) and, through each card's ``training.init``, from the cards
+    before it: what a fine-tuned model's card needs to say how to rebuild it. Each stage has the
+    weights it produced and its ``training`` section; a stage whose card is missing says so."""
+    stages: list[dict] = []
+    seen: set[Path] = set()
+    while init is not None:
+        weights = Path(init)
+        card_path = weights.parent / "card.json"
+        if card_path.resolve() in seen:  # a card naming its own weights as init
+            break
+        seen.add(card_path.resolve())
+        if not card_path.exists():
+            stages.append({"weights": str(weights), "training": f"unknown: no {card_path}"})
+            break
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        training = card.get("training", {})
+        stages.append({"weights": str(weights), "training": training})
+        if "lineage" in card:  # that card already carries the stages before it
+            return [*card["lineage"], *reversed(stages)]
+        init = training.get("init")
+    return stages[::-1]
+
+
+# The version a from-scratch run of this recipe reproduces; a fine-tune (--init) is one more than
+# the version on its init's card.
+RECIPE_VERSION = 3
+
+
+def version_after(init: str | Path | None) -> int:
+    """The model version a run from ``init`` makes (:data:`RECIPE_VERSION` from scratch)."""
+    if init is None:
+        return RECIPE_VERSION
+    card_path = Path(init).parent / "card.json"
+    if not card_path.exists():
+        return RECIPE_VERSION + 1
+    version = json.loads(card_path.read_text(encoding="utf-8")).get("version")
+    return version + 1 if isinstance(version, int) else RECIPE_VERSION + 1
+
+
 def base_card(model: DigitNet, cfg: TrainConfig, clips: synth.ClipSet) -> dict:
     """Model card fields known after training (accuracy and calibration are added later)."""
     c = model.config
@@ -662,7 +704,7 @@ def base_card(model: DigitNet, cfg: TrainConfig, clips: synth.ClipSet) -> dict:
     n_accented = sum(len(lang.voices) for lang in langs)
     return {
         "name": "digits",
-        "version": 3,
+        "version": version_after(cfg.init),
         "description": "Spoken digits zero..nine plus _background_ and _unknown_ (other speech), "
         "trained on speech synthesised offline by espeak-ng, flite, festival (English voices, "
         "and Italian, Czech and Finnish voices reading respelled English digits) and the neural "
@@ -785,6 +827,8 @@ def run(
             f"Diagnostic model trained without the {leave_out} engine; not for shipping. "
             + card["limitations"]
         )
+    if cfg.init is not None:
+        card["lineage"] = lineage(cfg.init)
     card["heldout_accuracy"] = report
     card["speech_evaluation"] = speech_evaluation(model, clips, held, out_dir / "confusion.png")
     for line in format_speech_evaluation(card["speech_evaluation"]):

@@ -18,6 +18,8 @@ import torch
 import torchaudio
 from torch import nn
 
+from avsentry.pipelines.levels import gain_normalize
+
 REPRESENTATIONS = ("waveform", "spectrogram", "logmel")
 
 
@@ -37,8 +39,8 @@ class DigitNetConfig:
     kernel_size: int = 5
     dropout: float = 0.1
     # Automatic gain control: each window is scaled to this RMS before the spectrogram (windows
-    # quieter than AGC_FLOOR are scaled by agc_rms / AGC_FLOOR), so the label does not depend on
-    # loudness: the raw window and the level-normalized copies that waveform_rms smoothing plays
+    # quieter than levels.LEVEL_FLOOR are scaled by agc_rms / LEVEL_FLOOR), so the label does not
+    # depend on loudness: the raw window and the level-normalized copies that waveform_rms smoothing plays
     # are heard alike. None: no AGC (models before v4).
     agc_rms: float | None = None
 
@@ -62,17 +64,6 @@ class DigitNetConfig:
         d = dict(d)
         d["channels"] = tuple(d["channels"])
         return cls(**d)
-
-
-# The AGC's floor: about -60 dBFS, so digital silence is not blown up into full-scale noise.
-AGC_FLOOR = 1e-3
-
-
-def gain_normalize(wave: torch.Tensor, rms: float, floor: float = AGC_FLOOR) -> torch.Tensor:
-    """``(batch, samples)`` -> each window scaled to RMS ``rms`` (by ``rms / floor`` when it is
-    quieter than ``floor``)."""
-    level = wave.pow(2).mean(dim=-1, keepdim=True).sqrt()
-    return wave * (rms / level.clamp_min(floor))
 
 
 class _Residual1d(nn.Module):
@@ -145,7 +136,8 @@ class DigitNet(nn.Module):
         a white-box attack's whole clip. Without a gradient (inference, ONNX export) it is the
         plain spectrogram.
 
-        With ``config.agc_rms`` the window is first scaled to that RMS (:func:`gain_normalize`).
+        With ``config.agc_rms`` the window is first scaled to that RMS
+        (:func:`avsentry.pipelines.levels.gain_normalize`).
         """
         if self.config.agc_rms is not None:
             wave = gain_normalize(wave, self.config.agc_rms)

@@ -3,6 +3,8 @@ hurts the model more than noise of the same size."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch.nn.functional as F
 from avsentry.pipelines.recognizers.digitnet import DigitNet, DigitNetConfig
 from avsentry.pipelines.recognizers.manifest import read_manifest
 from avsentry.tools.attacks import Budget
-from avsentry.tools.train import TrainConfig, adversarial_batch
+from avsentry.tools.train import RECIPE_VERSION, TrainConfig, adversarial_batch, lineage, version_after
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +88,34 @@ def test_consistency_term_is_zero_for_agreeing_members_and_pulls_them_together(h
     with torch.no_grad():
         after = consistency_loss(net, x, cfg, torch.Generator().manual_seed(1)).item()
     assert after < before, (before, after)
+
+
+def test_a_fine_tuned_card_records_every_stage_behind_its_weights(tmp_path) -> None:
+    """``lineage`` follows ``training.init`` from card to card, oldest first, and stops with a
+    note where a card is missing; the fine-tune's version is one after its init's."""
+
+    def stage(name: str, init: str | None, version: int) -> str:
+        d = tmp_path / name
+        d.mkdir()
+        card = {"version": version, "training": {"steps": version * 100, "init": init}}
+        (d / "card.json").write_text(json.dumps(card), encoding="utf-8")
+        return str(d / "model.pt")
+
+    base = stage("base", None, 3)
+    first = stage("first", base, 4)
+    second = stage("second", first, 5)
+    got = lineage(second)
+    assert [s["weights"] for s in got] == [base, first, second]
+    assert [s["training"]["steps"] for s in got] == [300, 400, 500]
+    assert lineage(None) == []
+    orphan = lineage(str(tmp_path / "nowhere" / "model.pt"))
+    assert len(orphan) == 1 and "no " in orphan[0]["training"]
+    # a card that already carries its lineage is not walked again
+    (tmp_path / "first" / "card.json").write_text(
+        json.dumps({"version": 4, "training": {"init": base}, "lineage": [{"weights": "v0"}]}),
+        encoding="utf-8",
+    )
+    assert [s["weights"] for s in lineage(second)] == ["v0", first, second]
+    # a fine-tune is one version after its init; from scratch, the recipe's version
+    assert version_after(second) == 6
+    assert version_after(None) == RECIPE_VERSION
