@@ -113,6 +113,7 @@ _CARD_FIELDS = {
     "representations",
     "limitations",
     "training",
+    "lineage",
     "data",
     "heldout_accuracy",
     "speech_evaluation",

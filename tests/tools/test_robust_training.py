@@ -119,3 +119,8 @@ def test_a_fine_tuned_card_records_every_stage_behind_its_weights(tmp_path) -> N
     # a fine-tune is one version after its init; from scratch, the recipe's version
     assert version_after(second) == 6
     assert version_after(None) == RECIPE_VERSION
+    # the model card of a fine-tune, lineage and all, is a manifest the tools accept
+    card = json.loads(read_manifest("digits").path.read_text(encoding="utf-8"))
+    card["lineage"] = got
+    (tmp_path / "second" / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    assert read_manifest(tmp_path / "second" / "card.json").extra["lineage"] == got
