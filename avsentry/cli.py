@@ -673,14 +673,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="synthesise data and train the default digit recognizer",
-        description="Reproduce the embedded digits model (v3): build the corpus (if --data is "
-        "absent or was made by another recipe) from espeak-ng, flite and festival's English, "
-        "Italian, Czech and Finnish voices, the neural Piper voice joe, and real recordings of "
-        "people speaking Spanish, French, Italian and Russian (Debian's asterisk prompt packages) "
-        "as other speech; train with simulated rooms, babble, telephone codecs and speaker warps; "
-        "evaluate on held-out voices and speakers per source at 16 kHz and through an 8 kHz "
-        "telephone round trip, on connected digits, with a confusion-matrix plot; export ONNX, "
-        "calibrate the detector and write a model card. About 35 minutes on 2 CPU cores.",
+        description="Train the digit recognizer: from scratch, the embedded model v3 (digits; "
+        "digits-v4 is v3 fine-tuned twice with --init, recipe in the README): build the "
+        "corpus (if --data is absent or was made by another recipe) from espeak-ng, flite and "
+        "festival's English, Italian, Czech and Finnish voices, the neural Piper voice joe, and"
+        " real recordings of people speaking Spanish, French, Italian and Russian (Debian's "
+        "asterisk prompt packages) as other speech; train with simulated rooms, babble, "
+        "telephone codecs and speaker warps; evaluate on held-out voices and speakers per "
+        "source at 16 kHz and through an 8 kHz telephone round trip, on connected digits, with "
+        "a confusion-matrix plot; export ONNX, calibrate the detector and write a model card. "
+        "About 35 minutes on 2 CPU cores.",
     )
     p.add_argument(
         "--data",
@@ -758,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="automatic gain control in the model: each window scaled to this RMS before its "
         "spectrogram (0.05 is -26 dBFS, the level waveform_rms smoothing plays its copies at), so "
         "the raw label does not depend on loudness and agrees with the smoothed one; weights "
-        "from --init of a model without it carry over (default: none, as v3)",
+        "from --init of a model without it carry over (default: none; digits-v4 was fine-tuned with 0.05)",
     )
     g.add_argument(
         "--init",
@@ -1016,7 +1018,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--detection-sigmas",
         default="0.01,0.02,0.05,0.1",
-        help="waveform sigmas of certified detection (default: 0.01,0.02,0.05,0.1)",
+        help="waveform sigmas of certified detection, '' for none (default: 0.01,0.02,0.05,0.1)",
     )
 
     p = sub.add_parser("bench", help="benchmarks (not tests)")

@@ -718,7 +718,9 @@ def run_cli(
             representations=["pixels"]
             if video
             else [v.strip() for v in args.certify_representations.split(",")],
-            detection_sigmas=[] if video else [float(v) for v in args.detection_sigmas.split(",")],
+            detection_sigmas=[]
+            if video
+            else [float(v) for v in args.detection_sigmas.split(",") if v.strip()],
             n=args.certify_n,
             n0=args.certify_n0,
             alpha=args.certify_alpha,

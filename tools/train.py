@@ -1,6 +1,6 @@
 """Training of the default spoken-digit recognizer (``avsentry train``).
 
-Reproduces the digit recognizer (from scratch, model v3; the embedded model's card lists, under
+Reproduces the digit recognizer (from scratch, model v3; ``digits-v4``'s card lists, under
 ``lineage``, the fine-tunes from v3 that made it): builds the corpus (:mod:`tools.synth`:
 synthetic voices, the neural Piper voice, real recordings of people from :mod:`tools.realspeech`)
 if absent, trains :class:`~pipelines.recognizers.digitnet.DigitNet` with class- and

@@ -237,17 +237,20 @@ def test_bad_transform_spec_is_a_one_line_error(digit_wav) -> None:
 def test_models_lists_the_embedded_models() -> None:
     r = avsentry("models", "--json")
     assert r.returncode == 0, r.stderr
-    m, video = json.loads(r.stdout)  # the default model first
+    m, video, v4 = json.loads(r.stdout)  # the default model first
     assert video["name"] == "actions" and video["modality"] == "video"
     assert (video["frames"], video["height"], video["width"], video["fps"]) == (16, 112, 112, 25.0)
     assert video["smoothing_representation"] == "pixels" and video["threshold"] > 0
     assert m["name"] == "digits" and m["threshold"] > 0 and m["measured_fpr"] is not None
     assert m["transforms"] == ["mp3", "opus", "aac", "noise"] or all(":" in t for t in m["transforms"])
     assert m["smoothing_n"] == 32 and m["smoothing_representation"] == "logmel"
+    # the model trained for the guard, embedded beside the default with its own calibration
+    assert v4["name"] == "digits-v4" and 0 < v4["threshold"] < m["threshold"]
     r = avsentry("models")
     lines = r.stdout.splitlines()
     assert r.returncode == 0 and lines[0].startswith("digits: 12 labels")
     assert lines[1].startswith("actions: 11 labels") and "16 frames of 112x112 at 25 fps" in lines[1]
+    assert lines[2].startswith("digits-v4: 12 labels")
 
 
 @pytest.mark.parametrize(
